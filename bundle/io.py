@@ -44,6 +44,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,134 @@
+"""Ignite iterations for the two-stage, two-direction registration model.
+
+MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` expect one image and one label; a
+registration batch holds a moving and a fixed image (and their labels), and the loss
+needs the whole structured network output. These subclasses replace only the iteration,
+so every MONAI/Ignite handler (stats, TensorBoard, checkpoints, validation) works as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.utils import IterationEvents
+
+from .metrics import warp_labels
+
+__all__ = ["RegistrationTrainer", "RegistrationEvaluator", "one_hot_labels"]
+
+
+def one_hot_labels(label: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """``(B, 1, *S)`` integer labels -> ``(B, 1 + len(labels), *S)`` one-hot, background first."""
+    lab = label.round().long()
+    out = [torch.ones_like(lab, dtype=torch.float32)]
+    for v in labels:
+        out.append((lab == v).float())
+    out = torch.cat(out, dim=1)
+    out[:, :1] = 1.0 - out[:, 1:].sum(dim=1, keepdim=True).clamp(max=1)
+    return out
+
+
+def _pair(batch: dict, device, non_blocking: bool, keys: Sequence[str]) -> list[torch.Tensor]:
+    return [batch[k].to(device=device, non_blocking=non_blocking).as_tensor() if hasattr(batch[k], "as_tensor") else batch[k].to(device) for k in keys]
+
+
+class RegistrationTrainer(SupervisedTrainer):
+    """Unsupervised trainer: ``network.register(moving, fixed)`` and a composite loss.
+
+    ``loss_function(output, moving, fixed)`` must return a dict with the total under
+    ``"loss"`` (see :class:`bundle.losses.RegistrationLoss`); every term is put in
+    ``engine.state.output`` for logging.
+
+    Args:
+        moving_key, fixed_key: batch keys of the two images.
+        bidirectional: train both directions (inverse consistency needs it).
+        synthesis: run the synthesis decoders and cycle.
+        All other arguments as in ``monai.engines.SupervisedTrainer``.
+    """
+
+    def __init__(self, *args, moving_key: str = "moving", fixed_key: str = "fixed", bidirectional: bool = True, synthesis: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.moving_key, self.fixed_key = moving_key, fixed_key
+        self.bidirectional, self.synthesis = bidirectional, synthesis
+
+    def _iteration(self, engine, batchdata):
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        moving, fixed = _pair(batchdata, engine.state.device, engine.non_blocking, (self.moving_key, self.fixed_key))
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        output = engine.network.register(moving, fixed, bidirectional=self.bidirectional, synthesis=self.synthesis)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        terms = engine.loss_function(output, moving, fixed)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        terms["loss"].backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.state.output = {k: v.detach() if k == "loss" else v.item() for k, v in terms.items()}
+        return engine.state.output
+
+
+class RegistrationEvaluator(SupervisedEvaluator):
+    """Validation: register each pair, warp the moving labels, emit one-hot ``pred``/``label``.
+
+    The output dict holds ``pred`` (warped moving labels, one-hot), ``label`` (fixed labels,
+    one-hot), ``identity`` (unwarped moving labels, one-hot) and ``ddf``, so MONAI's
+    ``MeanDice`` handler scores the registration directly.
+
+    Args:
+        labels: label values scored (background excluded).
+        Keys and other arguments as in :class:`RegistrationTrainer` / ``SupervisedEvaluator``.
+    """
+
+    def __init__(
+        self,
+        *args,
+        moving_key: str = "moving",
+        fixed_key: str = "fixed",
+        moving_label_key: str = "moving_label",
+        fixed_label_key: str = "fixed_label",
+        labels: Sequence[int] = (1, 2, 3),
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.keys = (moving_key, fixed_key, moving_label_key, fixed_label_key)
+        self.labels = tuple(labels)
+
+    def _iteration(self, engine, batchdata):
+        moving, fixed, moving_label, fixed_label = _pair(batchdata, engine.state.device, engine.non_blocking, self.keys)
+        engine.network.eval()
+        with torch.no_grad():
+            result = engine.network.register(moving, fixed, bidirectional=False, synthesis=False).forward
+            warped_label = warp_labels(moving_label, result.ddf, labels=(0, *self.labels))
+        engine.state.output = {
+            "pred": one_hot_labels(warped_label, self.labels),
+            "label": one_hot_labels(fixed_label, self.labels),
+            "identity": one_hot_labels(moving_label, self.labels),
+            "ddf": result.ddf,
+        }
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+def attach_resume(trainer, ckpt_dir: str, load_dict: dict, pattern: str = "last_*.pt", map_location=None) -> str | None:
+    """Resume ``trainer`` from the newest checkpoint matching ``ckpt_dir/pattern``, if any.
+
+    Restores every object of ``load_dict`` (model, optimiser, trainer state: epoch and
+    iteration counters) with MONAI's ``CheckpointLoader``, which loads with
+    ``weights_only=True``. Returns the checkpoint path or ``None`` when starting fresh.
+    """
+    import glob
+    import os
+
+    from monai.handlers import CheckpointLoader
+
+    found = sorted(glob.glob(os.path.join(ckpt_dir, pattern)), key=os.path.getmtime)
+    if not found:
+        return None
+    CheckpointLoader(load_path=found[-1], load_dict=load_dict, map_location=map_location).attach(trainer)
+    return found[-1]

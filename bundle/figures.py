@@ -1,0 +1,81 @@
+"""Matplotlib figures of a registration: images, labels, deformation grid."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
+
+__all__ = ["middle_slice", "draw_grid", "pair_figure"]
+
+
+def middle_slice(volume: np.ndarray, axis: int = 2, index: int | None = None) -> np.ndarray:
+    """An axial (default) slice of a 3D volume, or the 2D image itself, oriented for display."""
+    volume = np.asarray(volume)
+    if volume.ndim == 2:
+        return volume.T
+    index = volume.shape[axis] // 2 if index is None else index
+    return np.take(volume, index, axis=axis).T
+
+
+def draw_grid(ax, ddf_2d: np.ndarray, step: int = 4, color: str = "yellow") -> None:
+    """Draw the deformed regular grid ``x + ddf(x)`` of an in-plane 2D field ``(2, X, Y)``."""
+    _, nx, ny = ddf_2d.shape
+    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    px, py = gx + ddf_2d[0], gy + ddf_2d[1]
+    for i in range(0, nx, step):
+        ax.plot(px[i, :], py[i, :], color=color, lw=0.5)
+    for j in range(0, ny, step):
+        ax.plot(px[:, j], py[:, j], color=color, lw=0.5)
+
+
+def pair_figure(
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, np.ndarray]],
+    label_panels: Sequence[tuple[str, np.ndarray]] = (),
+    ddf: np.ndarray | None = None,
+    title: str | None = None,
+) -> str:
+    """Save a row of image panels, optional label maps and a deformation-grid panel as a PNG.
+
+    Args:
+        path: PNG file to write (atomically).
+        panels: (title, 2D or 3D image) pairs; 3D images show their middle axial slice.
+        label_panels: (title, integer label map) pairs drawn with a categorical colour map.
+        ddf: optional channel-first voxel DDF; its in-plane components at the middle axial
+            slice are drawn as a deformed grid over the first panel.
+        title: figure title.
+    """
+    n = len(panels) + len(label_panels) + (ddf is not None)
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.4))
+    axes = np.atleast_1d(axes)
+    k = 0
+    for name, img in panels:
+        axes[k].imshow(middle_slice(img), cmap="gray", origin="lower")
+        axes[k].set_title(name, fontsize=9)
+        k += 1
+    for name, lab in label_panels:
+        axes[k].imshow(middle_slice(lab), cmap="tab10", vmin=0, vmax=9, origin="lower", interpolation="nearest")
+        axes[k].set_title(name, fontsize=9)
+        k += 1
+    if ddf is not None:
+        ddf = np.asarray(ddf)
+        inplane = ddf[:2] if ddf.shape[0] == 2 else ddf[:2, :, :, ddf.shape[3] // 2]
+        axes[k].imshow(middle_slice(panels[0][1]), cmap="gray", origin="lower")
+        draw_grid(axes[k], inplane.transpose(0, 1, 2)[[0, 1]], step=max(2, inplane.shape[1] // 24))
+        axes[k].set_title("deformation grid", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,269 @@
+"""Register a moving image to a fixed image from files, writing results in the fixed image's space.
+
+The network works on an axis-aligned RAS grid at its training voxel size; everything it
+produces is mapped back to the user's original fixed grid in physical coordinates:
+
+* ``warped_moving.nii.gz``: the original moving image resampled once through the composed field;
+* ``ddf_mm.nii.gz``: the displacement in mm (ITK/ANTs vector image, LPS components);
+* ``affine.tfm``: the affine stage as an ITK ``AffineTransform`` (fixed -> moving points);
+* ``jacobian.nii.gz``: the Jacobian determinant of the composed map;
+* ``warped_moving_label.nii.gz`` when a moving label is given;
+* ``metrics.json``: timings, folding and (with labels) Dice.
+
+Outputs are written to a hidden staging folder and moved into place only when all of them
+exist, so a failure leaves no partial result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.validation import check_label_grid, load_checked_image
+from .io import save_displacement, save_image, save_itk_affine
+from .metrics import dice_per_label, folding_percent, jacobian_determinant
+from .networks.affine_head import centered_grid
+from .resample import grid_world_points, ras_grid_for, sample_at_world, spatial_affine
+
+__all__ = ["OUTPUT_FILES", "load_network_weights", "PairRegistrar"]
+
+OUTPUT_FILES = ("warped_moving.nii.gz", "ddf_mm.nii.gz", "affine.tfm", "jacobian.nii.gz", "metrics.json")
+
+
+def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
+    """Load weights saved by the training config, refusing pickled code and foreign architectures.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: one line naming the file: not a weights-only checkpoint, or keys/shapes
+            that do not match ``network``.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a weights-only checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a weights-only checkpoint (refusing to run arbitrary code): {first}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state, strict=True)
+    except Exception as e:  # noqa: BLE001
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: checkpoint does not fit this network architecture ({msg})") from None
+    return network
+
+
+def _normalise(array: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(array.astype(np.float32), [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(array.min()), float(array.max())
+    return float(lo), float(hi)
+
+
+def _itk_affine_from_theta(theta: np.ndarray, net_affine: np.ndarray, net_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Network ``theta`` (centred voxel coordinates) -> ITK matrix and translation in LPS mm."""
+    d = len(net_shape)
+    c = (np.asarray(net_shape, dtype=np.float64) - 1) / 2.0
+    m, t = theta[:, :d], theta[:, d]
+    t_idx = np.eye(d + 1)
+    t_idx[:d, :d] = m
+    t_idx[:d, d] = t + c - m @ c
+    world = net_affine @ t_idx @ np.linalg.inv(net_affine)
+    flip = np.diag([-1.0, -1.0] + [1.0] * (d - 2) + [1.0])
+    lps = flip @ world @ flip
+    return lps[:d, :d], lps[:d, d]
+
+
+class PairRegistrar:
+    """Run a trained network on image files and write results in the fixed image's space.
+
+    Args:
+        network: a :class:`bundle.networks.RegistrationBundleNet`.
+        checkpoint: weights file (``models/model.pt``); ``None`` keeps the current weights.
+        device: torch device.
+        spacing_mm: voxel size of the network grid (the training voxel size).
+        size_divisor: network grid sizes are padded to multiples of this.
+        overwrite: replace results already in an output folder instead of refusing.
+    """
+
+    def __init__(self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False):
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        if checkpoint is not None:
+            load_network_weights(self.network, checkpoint, map_location=self.device)
+        self.dims = network.spatial_dims
+        self.spacing_mm = float(spacing_mm)
+        self.size_divisor = int(size_divisor)
+        self.overwrite = bool(overwrite)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _load(self, path):
+        array, affine = load_checked_image(path, expected_dims=self.dims)
+        return array.astype(np.float32), spatial_affine(affine, self.dims), affine
+
+    def _to_network_grid(self, array, affine, net_affine, net_shape) -> torch.Tensor:
+        lo, hi = _normalise(array)
+        img = torch.from_numpy((array - lo) / (hi - lo)).clamp(0, 1)[None]
+        pts = grid_world_points(net_affine, net_shape)
+        return sample_at_world(img, affine, pts, padding_mode="zeros")
+
+    def register_arrays(self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> dict:
+        """Register arrays with spatial affines; returns fields on the fixed grid (numpy).
+
+        Returns:
+            dict with ``ddf_mm`` (dims, *fixed.shape) RAS mm, ``ddf_voxel`` (fixed voxels),
+            ``warped``, ``theta``, ``net_affine``, ``net_shape``, ``seconds`` per stage.
+        """
+        t0 = time.perf_counter()
+        net_affine, net_shape = ras_grid_for(fixed_affine, fixed.shape, self.spacing_mm, self.size_divisor)
+        f = self._to_network_grid(fixed, fixed_affine, net_affine, net_shape)
+        m = self._to_network_grid(moving, moving_affine, net_affine, net_shape)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            out = self.network.register(m[None].to(self.device), f[None].to(self.device), bidirectional=False, synthesis=False).forward
+        ddf_vox = out.ddf[0].cpu().double()
+        theta = out.theta[0].cpu().double().numpy()
+        t2 = time.perf_counter()
+        d = self.dims
+        ddf_mm_net = torch.einsum("ij,j...->i...", torch.as_tensor(net_affine[:d, :d]), ddf_vox)
+        fixed_pts = grid_world_points(fixed_affine, fixed.shape, dtype=torch.float64)
+        ddf_mm = sample_at_world(ddf_mm_net, net_affine, fixed_pts, padding_mode="border")
+        lo, hi = float(moving.min()), float(moving.max())
+        warped = sample_at_world(torch.from_numpy(moving).double()[None], moving_affine, fixed_pts + ddf_mm, padding_mode="zeros")[0]
+        inv = torch.as_tensor(np.linalg.inv(fixed_affine[:d, :d]))
+        ddf_voxel = torch.einsum("ij,j...->i...", inv, ddf_mm)
+        t3 = time.perf_counter()
+        return {
+            "ddf_mm": ddf_mm.numpy(),
+            "ddf_voxel": ddf_voxel.numpy(),
+            "warped": warped.clamp(lo, hi).numpy().astype(np.float32),
+            "theta": theta,
+            "net_affine": net_affine,
+            "net_shape": net_shape,
+            "seconds": {"preprocess": t1 - t0, "network": t2 - t1, "resample": t3 - t2},
+        }
+
+    # -- files ------------------------------------------------------------------------------
+    def _check_output_dir(self, output_dir: Path) -> None:
+        existing = [n for n in OUTPUT_FILES if (output_dir / n).exists()]
+        if existing and not self.overwrite:
+            raise FileExistsError(f"{output_dir}: already holds results ({existing[0]}); pass overwrite=True (--overwrite true) to replace them")
+
+    def register_files(self, fixed_path, moving_path, output_dir, fixed_label=None, moving_label=None) -> dict:
+        """Register two image files and write every output to ``output_dir``; returns the metrics."""
+        output_dir = Path(output_dir)
+        self._check_output_dir(output_dir)
+        t0 = time.perf_counter()
+        fixed, fixed_aff, fixed_aff4 = self._load(fixed_path)
+        moving, moving_aff, moving_aff4 = self._load(moving_path)
+        for img, lab in ((fixed_path, fixed_label), (moving_path, moving_label)):
+            if lab is not None:
+                check_label_grid(img, lab)
+        t_load = time.perf_counter() - t0
+        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff)
+        det = jacobian_determinant(torch.from_numpy(res["ddf_voxel"])[None])[0, 0].numpy()
+        metrics = {
+            "fixed": str(fixed_path),
+            "moving": str(moving_path),
+            "folding_percent": float(folding_percent(torch.from_numpy(res["ddf_voxel"])[None])[0]),
+            "jacobian_min": float(det.min()),
+            "theta": res["theta"].tolist(),
+            "seconds": {"load": t_load, **res["seconds"]},
+        }
+        output_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+        try:
+            t1 = time.perf_counter()
+            save_image(stage / "warped_moving.nii.gz", res["warped"], fixed_aff4)
+            save_displacement(stage / "ddf_mm.nii.gz", res["ddf_voxel"], fixed_aff4)
+            save_image(stage / "jacobian.nii.gz", det, fixed_aff4)
+            mat, trans = _itk_affine_from_theta(res["theta"], res["net_affine"], res["net_shape"])
+            save_itk_affine(stage / "affine.tfm", mat, trans)
+            if moving_label is not None:
+                lab = _load_label(moving_label, self.dims)
+                pts = grid_world_points(fixed_aff, fixed.shape, dtype=torch.float64) + torch.from_numpy(res["ddf_mm"])
+                warped_lab = _warp_label_world(lab, moving_aff, pts)
+                save_image(stage / "warped_moving_label.nii.gz", warped_lab, fixed_aff4, dtype=np.uint8)
+                if fixed_label is not None:
+                    flab = _load_label(fixed_label, self.dims)
+                    labels = sorted(int(v) for v in np.unique(flab) if v != 0)
+                    dice = dice_per_label(torch.from_numpy(warped_lab)[None, None], torch.from_numpy(flab)[None, None], labels)[0]
+                    metrics["dice"] = {str(k): float(v) for k, v in zip(labels, dice)}
+                    metrics["dice_mean"] = float(np.nanmean(dice.numpy()))
+            metrics["seconds"]["write"] = time.perf_counter() - t1
+            metrics["seconds"]["total"] = time.perf_counter() - t0
+            with open(stage / "metrics.json", "w") as fh:
+                json.dump(metrics, fh, indent=2)
+            for item in sorted(stage.iterdir()):
+                os.replace(item, output_dir / item.name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return metrics
+
+    def run(self, fixed=None, moving=None, output_dir=None, datalist=None, section: str = "test", fixed_label=None, moving_label=None) -> list[dict]:
+        """Register one pair (``fixed``/``moving``) or every pair of a datalist section.
+
+        With a datalist, the results of pair ``i`` go to ``output_dir/<i:04d>``; label keys
+        ``fixed_label``/``moving_label`` are used when present.
+        """
+        if output_dir is None:
+            raise ValueError("output_dir is required")
+        if datalist:
+            items = _read_datalist(datalist, section)
+            out = []
+            for i, item in enumerate(items):
+                out.append(
+                    self.register_files(
+                        item["fixed"], item["moving"], Path(output_dir) / f"{i:04d}", item.get("fixed_label"), item.get("moving_label")
+                    )
+                )
+            return out
+        if fixed is None or moving is None:
+            raise ValueError("give --fixed and --moving, or --datalist")
+        return [self.register_files(fixed, moving, output_dir, fixed_label, moving_label)]
+
+
+def _load_label(path, dims):
+    from .data.validation import _check_dims, _read, check_label_array
+
+    array, affine = _read(path)
+    array = _check_dims(array, str(path), dims)
+    check_label_array(array, str(path))
+    return np.rint(array).astype(np.int64)
+
+
+def _warp_label_world(label: np.ndarray, label_affine: np.ndarray, points: torch.Tensor) -> np.ndarray:
+    """Warp an integer label map at world points by one-hot linear interpolation and argmax."""
+    values = np.unique(label)
+    onehot = torch.stack([torch.from_numpy((label == v).astype(np.float32)) for v in values]).double()
+    warped = sample_at_world(onehot, label_affine, points, padding_mode="zeros")
+    best = warped.argmax(dim=0).numpy()
+    out = values[best]
+    out[warped.sum(dim=0).numpy() < 0.5] = 0
+    return out.astype(np.uint8)
+
+
+def _read_datalist(path, section):
+    from monai.data import load_decathlon_datalist
+
+    if not os.path.isfile(str(path)):
+        raise FileNotFoundError(f"{path}: datalist not found")
+    try:
+        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=section)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable datalist or no '{section}' section ({' '.join(str(e).split())[:200]})") from None
+    for i, item in enumerate(items):
+        missing = [k for k in ("fixed", "moving") if k not in item]
+        if missing:
+            raise ValueError(f"{path}: item {i} of '{section}' lacks key(s) {missing}")
+    return items

@@ -1,0 +1,549 @@
+"""Registration metrics: overlap, surface distance, field regularity, displacement error, NMI.
+
+Conventions (see :mod:`bundle.io`):
+
+* Tensors are batch-first and channel-first: images ``(B, 1, *S)``, integer label maps
+  ``(B, 1, *S)``, displacement fields (DDFs) ``(B, dims, *S)`` with ``dims == len(S)``
+  (2D and 3D are both supported).
+* A DDF is in **voxel units of the fixed grid**, channel ``i`` being the displacement along
+  spatial axis ``i``, as MONAI ``Warp`` expects: ``warped(x) = moving(x + ddf(x))``.
+* An ``affine`` maps voxel index to RAS millimetres; only its top-left ``dims x dims`` block
+  (spacing and direction) is used here, for 2D images too.
+* Per-case reductions return a tensor of shape ``(B,)`` (or ``(B, n_labels)``);
+  :func:`registration_metrics` returns plain floats for a single pair.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.networks.blocks import Warp
+
+__all__ = [
+    "dice_per_label",
+    "mean_dice",
+    "hd95_per_label",
+    "jacobian_determinant",
+    "folding_percent",
+    "sd_log_jacobian",
+    "displacement_error_mm",
+    "normalized_mutual_information",
+    "spacing_from_affine",
+    "warp_labels",
+    "registration_metrics",
+]
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_label_pair(pred_label: torch.Tensor, target_label: torch.Tensor) -> None:
+    if pred_label.ndim < 3 or pred_label.shape[1] != 1:
+        raise ValueError(f"expected a label map of shape (B, 1, *spatial), got pred_label {tuple(pred_label.shape)}")
+    if pred_label.shape != target_label.shape:
+        raise ValueError(
+            f"pred_label and target_label must have the same shape, got {tuple(pred_label.shape)} "
+            f"and {tuple(target_label.shape)}"
+        )
+
+
+def _as_int_labels(label: torch.Tensor) -> torch.Tensor:
+    """Integer view of a label map; floating inputs are rounded to the nearest integer."""
+    label = torch.as_tensor(label)
+    if torch.is_floating_point(label):
+        label = torch.round(label)
+    return label.long()
+
+
+def _one_hot_with_background(label: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """``(B, 1, *S)`` label map -> ``(B, 1 + n, *S)`` float one-hot, channel 0 = none of ``labels``."""
+    fg = torch.cat([label == int(v) for v in labels], dim=1).float()
+    bg = 1.0 - fg.sum(dim=1, keepdim=True).clamp(max=1.0)
+    return torch.cat([bg, fg], dim=1)
+
+
+def _check_ddf(ddf: torch.Tensor, name: str = "ddf") -> int:
+    dims = ddf.ndim - 2
+    if ddf.ndim < 3 or ddf.shape[1] != dims:
+        raise ValueError(
+            f"expected a channel-first {name} of shape (B, dims, *spatial) with dims == len(spatial), "
+            f"got {tuple(ddf.shape)}"
+        )
+    return dims
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t if torch.is_floating_point(t) else t.float()
+
+
+def _prepare_mask(mask: torch.Tensor | None, batch: int, spatial: Sequence[int], device) -> torch.Tensor | None:
+    """``(B or 1, 1, *S)`` mask -> boolean ``(B, *S)``; ``None`` stays ``None``."""
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask, device=device)
+    spatial = tuple(spatial)
+    if mask.ndim != len(spatial) + 2 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch) or tuple(
+        mask.shape[2:]
+    ) != spatial:
+        raise ValueError(f"expected a mask of shape ({batch} or 1, 1, *{spatial}), got {tuple(mask.shape)}")
+    return (mask[:, 0] != 0).expand(batch, *spatial)
+
+
+def _masked_values(values: torch.Tensor, mask: torch.Tensor | None, b: int) -> torch.Tensor:
+    """Flattened values of case ``b`` of a ``(B, *S)`` tensor, restricted to the mask."""
+    v = values[b]
+    return v.reshape(-1) if mask is None else v[mask[b]]
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Linear-interpolation quantile (``numpy.percentile`` default) without ``torch.quantile``'s size limit."""
+    n = values.numel()
+    if n == 0:
+        return torch.tensor(float("nan"), dtype=values.dtype, device=values.device)
+    v, _ = torch.sort(values.reshape(-1))
+    pos = q * (n - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return v[lo] + (v[hi] - v[lo]) * frac
+
+
+def _linear_part(affine_or_spacing, dims: int, batch: int) -> torch.Tensor:
+    """Voxel -> mm linear map as a float64 ``(B, dims, dims)`` tensor.
+
+    Accepts a scalar or ``dims`` spacings (diagonal), a square matrix of size ``>= dims``
+    (e.g. a 4x4 affine; its top-left ``dims x dims`` block), or a batch ``(B or 1, n, n)`` of them.
+    """
+    t = torch.as_tensor(np.asarray(affine_or_spacing, dtype=np.float64))
+    if t.ndim == 0:
+        mat = torch.eye(dims, dtype=torch.float64) * t
+        mat = mat[None]
+    elif t.ndim == 1:
+        if t.shape[0] != dims:
+            raise ValueError(f"expected {dims} voxel spacings, got spacing of shape {tuple(t.shape)}")
+        mat = torch.diag(t)[None]
+    elif t.ndim in (2, 3):
+        if t.ndim == 2:
+            t = t[None]
+        if t.shape[-1] != t.shape[-2] or t.shape[-1] < dims or t.shape[0] not in (1, batch):
+            raise ValueError(
+                f"expected an affine of shape (n, n) or ({batch} or 1, n, n) with n >= {dims}, got {tuple(t.shape)}"
+            )
+        mat = t[:, :dims, :dims]
+    else:
+        raise ValueError(f"expected spacing or affine, got an array of shape {tuple(t.shape)}")
+    return mat.expand(batch, dims, dims)
+
+
+def spacing_from_affine(affine: torch.Tensor | np.ndarray, dims: int) -> list[float]:
+    """Voxel spacing in mm: the column norms of the top-left ``dims x dims`` block of ``affine``.
+
+    Args:
+        affine: ``(n, n)`` voxel -> RAS mm matrix with ``n >= dims`` (usually 4x4).
+        dims: number of spatial dimensions (2 or 3).
+    """
+    mat = _linear_part(affine, dims, 1)[0]
+    return [float(v) for v in torch.linalg.norm(mat, dim=0)]
+
+
+# ----------------------------------------------------------------------------- overlap
+
+
+def dice_per_label(
+    pred_label: torch.Tensor,
+    target_label: torch.Tensor,
+    labels: Sequence[int] = (1, 2, 3),
+    empty_value: float = float("nan"),
+) -> torch.Tensor:
+    """Dice of each listed label, computed with MONAI :func:`~monai.metrics.compute_dice`.
+
+    Only the listed labels are scored (background is not listed: the ``include_background=False``
+    semantics of :class:`~monai.metrics.DiceMetric`). A label absent from the target but present in
+    the prediction scores 0; a label absent from **both** scores ``empty_value`` (``nan`` by default,
+    so that :func:`mean_dice` skips it; pass ``1.0`` for the "perfect agreement" convention).
+
+    Args:
+        pred_label: integer label map ``(B, 1, *S)`` (e.g. the warped moving labels).
+        target_label: integer label map ``(B, 1, *S)`` (e.g. the fixed labels).
+        labels: label values to score.
+        empty_value: value for a label absent from both maps.
+
+    Returns:
+        ``(B, len(labels))`` float tensor.
+    """
+    _check_label_pair(pred_label, target_label)
+    if len(labels) == 0:
+        raise ValueError("labels must not be empty")
+    pred = _one_hot_with_background(_as_int_labels(pred_label), labels)
+    target = _one_hot_with_background(_as_int_labels(target_label), labels).to(pred.device)
+    # ignore_empty=False: empty target -> 1 if the prediction is empty too, else 0.
+    dice = compute_dice(pred, target, include_background=False, ignore_empty=False)
+    both_empty = (pred[:, 1:].flatten(2).sum(-1) == 0) & (target[:, 1:].flatten(2).sum(-1) == 0)
+    return torch.where(both_empty, torch.full_like(dice, float(empty_value)), dice)
+
+
+def mean_dice(
+    pred_label: torch.Tensor,
+    target_label: torch.Tensor,
+    labels: Sequence[int] = (1, 2, 3),
+) -> torch.Tensor:
+    """Mean Dice over the listed labels, skipping labels absent from both maps.
+
+    Args:
+        pred_label: integer label map ``(B, 1, *S)``.
+        target_label: integer label map ``(B, 1, *S)``.
+        labels: label values to score.
+
+    Returns:
+        ``(B,)`` tensor (``nan`` where no listed label occurs in either map).
+    """
+    return torch.nanmean(dice_per_label(pred_label, target_label, labels), dim=1)
+
+
+def hd95_per_label(
+    pred_label: torch.Tensor,
+    target_label: torch.Tensor,
+    labels: Sequence[int] = (1, 2, 3),
+    spacing: float | Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Symmetric 95th-percentile Hausdorff distance of each listed label, in mm.
+
+    Uses MONAI :func:`~monai.metrics.compute_hausdorff_distance` (``percentile=95``, Euclidean,
+    edge voxels, exact KD-tree distances). It is computed on the CPU; the result is returned on the
+    input's device. A label absent from both maps gives ``nan``, absent from one of them ``inf``
+    (MONAI warns in both cases).
+
+    Args:
+        pred_label: integer label map ``(B, 1, *S)``.
+        target_label: integer label map ``(B, 1, *S)``.
+        labels: label values to score.
+        spacing: voxel spacing in mm, a scalar or one value per spatial axis
+            (see :func:`spacing_from_affine`); ``None`` means 1 (distances in voxels).
+
+    Returns:
+        ``(B, len(labels))`` float tensor.
+    """
+    _check_label_pair(pred_label, target_label)
+    if len(labels) == 0:
+        raise ValueError("labels must not be empty")
+    dims = pred_label.ndim - 2
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
+        if sp.size == 1:
+            spacing = float(sp[0])
+        elif sp.size == dims:
+            spacing = [float(v) for v in sp]
+        else:
+            raise ValueError(f"expected a scalar spacing or {dims} values, got spacing of shape {sp.shape}")
+    pred = _one_hot_with_background(_as_int_labels(pred_label).cpu(), labels)
+    target = _one_hot_with_background(_as_int_labels(target_label).cpu(), labels)
+    hd = compute_hausdorff_distance(pred, target, include_background=False, percentile=95, spacing=spacing)
+    return hd.to(pred_label.device)
+
+
+# ----------------------------------------------------------------------------- field regularity
+
+
+def jacobian_determinant(ddf: torch.Tensor, spacing: float | Sequence[float] | None = None) -> torch.Tensor:
+    """Determinant of the Jacobian of the map ``phi(x) = x + ddf(x)``.
+
+    Derivatives are finite differences as :func:`numpy.gradient` (``torch.gradient``): central
+    inside, first-order one-sided at the borders; an axis of size 1 has zero derivative.
+
+    ``ddf`` is in voxel units of the fixed grid, so ``phi`` maps fixed voxels to (moving) voxels on
+    the same grid. Expressed in millimetres with the linear part ``M`` of the affine the map becomes
+    ``M phi M^-1``, whose Jacobian ``M J M^-1`` is similar to ``J``: **the determinant does not
+    depend on the spacing or direction**. ``spacing`` is therefore optional; when given, the
+    Jacobian is formed in mm (``J_ij = delta_ij + s_i / s_j * d u_i / d x_j``), which gives the same
+    determinant up to rounding.
+
+    Args:
+        ddf: ``(B, dims, *S)`` displacement field in voxels, channel ``i`` along spatial axis ``i``.
+        spacing: optional voxel spacing (scalar or ``dims`` values); does not change the result.
+
+    Returns:
+        ``(B, 1, *S)`` tensor.
+    """
+    dims = _check_ddf(ddf)
+    ddf = _float(ddf)
+    scale = None
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
+        if sp.size == 1:
+            sp = np.repeat(sp, dims)
+        if sp.size != dims or np.any(sp <= 0):
+            raise ValueError(f"expected a positive scalar spacing or {dims} values, got {np.asarray(spacing)}")
+        scale = sp
+    spatial_dims = [d + 2 for d in range(dims) if ddf.shape[d + 2] >= 2]
+    grads = dict(zip(spatial_dims, torch.gradient(ddf, dim=spatial_dims))) if spatial_dims else {}
+    zeros = torch.zeros_like(ddf[:, 0])
+    jac = [[None] * dims for _ in range(dims)]
+    for i in range(dims):
+        for j in range(dims):
+            g = grads[j + 2][:, i] if (j + 2) in grads else zeros
+            if scale is not None and i != j:
+                g = g * float(scale[i] / scale[j])
+            jac[i][j] = g + 1.0 if i == j else g
+    if dims == 2:
+        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    elif dims == 3:
+        (a, b, c), (d, e, f), (g, h, k) = jac
+        det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
+    else:
+        det = torch.linalg.det(torch.stack([torch.stack(row, dim=-1) for row in jac], dim=-2))
+    return det.unsqueeze(1)
+
+
+def folding_percent(ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Percentage of voxels whose Jacobian determinant is ``<= 0`` (folding).
+
+    Args:
+        ddf: ``(B, dims, *S)`` displacement field in voxels.
+        mask: optional ``(B or 1, 1, *S)`` region (non-zero = inside), e.g. the fixed brain mask.
+
+    Returns:
+        ``(B,)`` tensor in percent (``nan`` for an empty mask).
+    """
+    det = jacobian_determinant(ddf)[:, 0]
+    m = _prepare_mask(mask, det.shape[0], det.shape[1:], det.device)
+    out = []
+    for b in range(det.shape[0]):
+        v = _masked_values(det, m, b)
+        out.append(100.0 * (v <= 0).sum() / v.numel() if v.numel() else torch.tensor(float("nan")))
+    return torch.stack([o.to(det) for o in out])
+
+
+def sd_log_jacobian(ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard deviation of ``log(clip(det J, 1e-9, 1e9))`` (SDlogJ, as in Learn2Reg).
+
+    The population standard deviation (``numpy.std``, ``correction=0``) over the mask; unlike
+    Learn2Reg's evaluation no border is cropped, the border derivatives being one-sided.
+
+    Args:
+        ddf: ``(B, dims, *S)`` displacement field in voxels.
+        mask: optional ``(B or 1, 1, *S)`` region (non-zero = inside).
+
+    Returns:
+        ``(B,)`` tensor (``nan`` for an empty mask).
+    """
+    det = jacobian_determinant(ddf)[:, 0]
+    logj = torch.log(det.clamp(1e-9, 1e9))
+    m = _prepare_mask(mask, det.shape[0], det.shape[1:], det.device)
+    out = []
+    for b in range(det.shape[0]):
+        v = _masked_values(logj, m, b).double()
+        out.append(v.std(correction=0) if v.numel() else torch.tensor(float("nan"), dtype=torch.float64))
+    return torch.stack(out).to(det)
+
+
+# ----------------------------------------------------------------------------- displacement error
+
+
+def displacement_error_mm(
+    ddf: torch.Tensor,
+    gt_ddf: torch.Tensor,
+    affine_or_spacing,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Euclidean error of a displacement field against the ground truth, in mm.
+
+    The voxel-unit difference ``ddf - gt_ddf`` is mapped to mm with the linear part of the affine
+    (spacing and direction, the top-left ``dims x dims`` block, as :func:`bundle.io.ddf_voxel_to_mm`)
+    and its norm is summarised over the mask.
+
+    Args:
+        ddf: ``(B, dims, *S)`` predicted displacement field in voxels of the fixed grid.
+        gt_ddf: ``(B, dims, *S)`` ground-truth displacement field in the same convention.
+        affine_or_spacing: fixed-image affine ``(n, n)`` or ``(B, n, n)`` with ``n >= dims``, or
+            voxel spacing (scalar or ``dims`` values).
+        mask: optional ``(B or 1, 1, *S)`` region (non-zero = inside), e.g. the fixed brain mask.
+
+    Returns:
+        ``{"mean": (B,), "p95": (B,)}``; p95 is the linearly interpolated 95th percentile
+        (``numpy.percentile``). ``nan`` for an empty mask.
+    """
+    dims = _check_ddf(ddf)
+    if gt_ddf.shape != ddf.shape:
+        raise ValueError(f"gt_ddf must have the shape of ddf {tuple(ddf.shape)}, got {tuple(gt_ddf.shape)}")
+    batch = ddf.shape[0]
+    diff = _float(ddf) - _float(gt_ddf).to(ddf.device)
+    mat = _linear_part(affine_or_spacing, dims, batch).to(device=diff.device, dtype=diff.dtype)
+    err = torch.linalg.vector_norm(torch.einsum("bij,bj...->bi...", mat, diff), dim=1)
+    m = _prepare_mask(mask, batch, ddf.shape[2:], ddf.device)
+    means, p95s = [], []
+    for b in range(batch):
+        v = _masked_values(err, m, b).double()
+        means.append(v.mean() if v.numel() else torch.tensor(float("nan"), dtype=torch.float64, device=v.device))
+        p95s.append(_quantile(v, 0.95))
+    return {"mean": torch.stack(means).to(err), "p95": torch.stack(p95s).to(err)}
+
+
+# ----------------------------------------------------------------------------- similarity
+
+
+def _entropy(counts: torch.Tensor) -> torch.Tensor:
+    p = counts[counts > 0].double()
+    p = p / p.sum()
+    return -(p * torch.log(p)).sum()
+
+
+def _bin_indices(v: torch.Tensor, bins: int) -> torch.Tensor:
+    v = v.double()
+    lo, hi = v.min(), v.max()
+    if hi <= lo:
+        return torch.zeros_like(v, dtype=torch.long)
+    return ((v - lo) / (hi - lo) * bins).floor().long().clamp(0, bins - 1)
+
+
+def normalized_mutual_information(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bins: int = 32,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Normalised mutual information ``(H(a) + H(b)) / H(a, b)`` (Studholme), histogram based.
+
+    Each image is min-max normalised to ``[0, 1]`` over the voxels considered and binned into
+    ``bins`` equal bins. The value lies in ``[1, 2]``: 2 for images that determine each other
+    (e.g. an image with itself or with a monotonic remapping at bin resolution), about 1 for
+    independent images. Not differentiable (use a MONAI loss for training). ``nan`` when both images
+    are constant (zero joint entropy) or the mask is empty.
+
+    Args:
+        a: image ``(B, 1, *S)``.
+        b: image ``(B, 1, *S)``.
+        bins: number of histogram bins per image.
+        mask: optional ``(B or 1, 1, *S)`` region (non-zero = inside).
+
+    Returns:
+        ``(B,)`` float64 tensor.
+    """
+    if a.ndim < 3 or a.shape[1] != 1:
+        raise ValueError(f"expected an image of shape (B, 1, *spatial), got a {tuple(a.shape)}")
+    if b.shape != a.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    b = b.to(a.device)
+    m = _prepare_mask(mask, a.shape[0], a.shape[2:], a.device)
+    out = []
+    for i in range(a.shape[0]):
+        va, vb = _masked_values(a[:, 0], m, i), _masked_values(b[:, 0], m, i)
+        if va.numel() == 0:
+            out.append(torch.tensor(float("nan"), dtype=torch.float64))
+            continue
+        ia, ib = _bin_indices(va, bins), _bin_indices(vb, bins)
+        joint = torch.bincount((ia * bins + ib).cpu(), minlength=bins * bins).reshape(bins, bins)
+        h_ab = _entropy(joint)
+        h_a, h_b = _entropy(joint.sum(1)), _entropy(joint.sum(0))
+        out.append((h_a + h_b) / h_ab if h_ab > 0 else torch.tensor(float("nan"), dtype=torch.float64))
+    return torch.stack(out).to(a.device)
+
+
+# ----------------------------------------------------------------------------- warping
+
+
+def warp_labels(
+    label: torch.Tensor,
+    ddf: torch.Tensor,
+    labels: Sequence[int] = (0, 1, 2, 3),
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Warp an integer label map with MONAI ``Warp``: one-hot, bilinear warping, argmax.
+
+    Values not in ``labels`` are treated as background (0), which is always a class and wins ties
+    (e.g. all-zero samples outside the image with ``padding_mode="zeros"``).
+
+    Args:
+        label: integer label map ``(B, 1, *S)`` on the moving grid (= fixed grid).
+        ddf: ``(B, dims, *S)`` displacement field in voxels: ``out(x) = label(x + ddf(x))``.
+        labels: label values to carry.
+        padding_mode: ``Warp`` padding mode (``"border"``, MONAI's default, or ``"zeros"``, ...).
+
+    Returns:
+        ``(B, 1, *S)`` ``torch.long`` label map.
+    """
+    dims = _check_ddf(ddf)
+    expected = (ddf.shape[0], 1, *ddf.shape[2:])
+    if tuple(label.shape) != expected:
+        raise ValueError(
+            f"expected a label map of shape {expected} to match ddf {tuple(ddf.shape)}, got {tuple(label.shape)}"
+        )
+    if dims not in (2, 3):
+        raise ValueError(f"Warp supports 2D and 3D only, got ddf of shape {tuple(ddf.shape)}")
+    values = [0] + [int(v) for v in labels if int(v) != 0]
+    ddf = _float(ddf)
+    one_hot = _one_hot_with_background(_as_int_labels(label).to(ddf.device), values[1:]).to(ddf.dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
+        warp = Warp(mode="bilinear", padding_mode=padding_mode)
+    warped = warp(one_hot, ddf)
+    idx = torch.argmax(warped, dim=1, keepdim=True)
+    return torch.as_tensor(values, dtype=torch.long, device=idx.device)[idx]
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def registration_metrics(
+    warped_label: torch.Tensor,
+    fixed_label: torch.Tensor,
+    ddf: torch.Tensor,
+    gt_ddf: torch.Tensor | None = None,
+    affine=None,
+    warped: torch.Tensor | None = None,
+    fixed: torch.Tensor | None = None,
+    labels: Sequence[int] = (1, 2, 3),
+    mask: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """All metrics for a single registered pair (batch size 1), as plain floats.
+
+    Keys: ``dice_<label>`` for each label, ``dice_mean``, ``hd95_mean`` (mm, mean over labels
+    present), ``folding_percent``, ``sdlogj``, and, when ``gt_ddf`` is given,
+    ``disp_error_mean_mm`` and ``disp_error_p95_mm``, and, when ``warped`` and ``fixed`` are given,
+    ``nmi``. Means over labels skip ``nan`` (labels absent from both maps).
+
+    Args:
+        warped_label: warped moving label map ``(1, 1, *S)``.
+        fixed_label: fixed label map ``(1, 1, *S)``.
+        ddf: ``(1, dims, *S)`` displacement field in voxels of the fixed grid.
+        gt_ddf: optional ground-truth field in the same convention.
+        affine: fixed-image affine (voxel -> mm); ``None`` means 1 mm isotropic, identity direction.
+        warped: optional warped moving image ``(1, 1, *S)``.
+        fixed: optional fixed image ``(1, 1, *S)``.
+        labels: label values to score.
+        mask: optional ``(1, 1, *S)`` fixed brain mask restricting folding, SDlogJ, displacement
+            error and NMI; ``None`` means the whole grid.
+    """
+    if ddf.ndim < 3 or ddf.shape[0] != 1:
+        raise ValueError(f"registration_metrics expects a single pair (batch size 1), got ddf {tuple(ddf.shape)}")
+    dims = _check_ddf(ddf)
+    if warped_label.shape[0] != 1:
+        raise ValueError(f"expected warped_label of batch size 1, got {tuple(warped_label.shape)}")
+    if tuple(warped_label.shape[2:]) != tuple(ddf.shape[2:]):
+        raise ValueError(
+            f"label maps and ddf must share the spatial shape, got {tuple(warped_label.shape)} and {tuple(ddf.shape)}"
+        )
+    if affine is None:
+        affine = np.eye(dims)
+    spacing = spacing_from_affine(affine, dims)
+
+    out: dict[str, float] = {}
+    dice = dice_per_label(warped_label, fixed_label, labels)[0]
+    for value, d in zip(labels, dice):
+        out[f"dice_{value}"] = float(d)
+    out["dice_mean"] = float(torch.nanmean(dice))
+    out["hd95_mean"] = float(torch.nanmean(hd95_per_label(warped_label, fixed_label, labels, spacing)[0]))
+    out["folding_percent"] = float(folding_percent(ddf, mask)[0])
+    out["sdlogj"] = float(sd_log_jacobian(ddf, mask)[0])
+    if gt_ddf is not None:
+        err = displacement_error_mm(ddf, gt_ddf, affine, mask)
+        out["disp_error_mean_mm"] = float(err["mean"][0])
+        out["disp_error_p95_mm"] = float(err["p95"][0])
+    if warped is not None and fixed is not None:
+        out["nmi"] = float(normalized_mutual_information(warped, fixed, mask=mask)[0])
+    return out

@@ -1,0 +1,68 @@
+"""Affine head: regress an affine matrix from the coarsest features of both images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from monai.networks.blocks import Convolution
+
+from .encoder import conv_block
+
+__all__ = ["AffineHead", "affine_to_ddf", "centered_grid"]
+
+
+def centered_grid(spatial_size, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates relative to the grid centre, shape ``(dims, *spatial_size)``."""
+    axes = [torch.arange(s, device=device, dtype=dtype) - (s - 1) / 2.0 for s in spatial_size]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def affine_to_ddf(theta: torch.Tensor, spatial_size) -> torch.Tensor:
+    """Dense displacement (voxel units) of the map ``p -> M p + t`` about the grid centre.
+
+    Args:
+        theta: ``(B, dims, dims + 1)``, ``[M | t]`` in voxel units, centred coordinates.
+        spatial_size: the grid the field is sampled on.
+
+    Returns:
+        ``(B, dims, *spatial_size)`` displacement, for MONAI ``Warp``.
+    """
+    dims = len(spatial_size)
+    if theta.shape[1:] != (dims, dims + 1):
+        raise ValueError(f"theta must have shape (B, {dims}, {dims + 1}), got {tuple(theta.shape)}.")
+    grid = centered_grid(spatial_size, device=theta.device, dtype=theta.dtype)
+    eye = torch.eye(dims, device=theta.device, dtype=theta.dtype)
+    lin = theta[:, :, :dims] - eye
+    ddf = torch.einsum("bij,j...->bi...", lin, grid)
+    return ddf + theta[:, :, dims].reshape(theta.shape[0], dims, *([1] * dims))
+
+
+class AffineHead(nn.Module):
+    """Predict ``theta`` (``[M | t]`` in centred voxel coordinates) from paired features.
+
+    The last linear layer is zero-initialised so that the untrained head is the identity.
+    Translations are predicted as fractions of the half image size.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the concatenated (moving, fixed) coarsest features.
+        hidden_channels: channels of the convolution before global pooling.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, hidden_channels: int = 64):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.conv = conv_block(spatial_dims, in_channels, hidden_channels, strides=2)
+        self.pool = nn.AdaptiveAvgPool3d(1) if spatial_dims == 3 else nn.AdaptiveAvgPool2d(1)
+        n_out = spatial_dims * (spatial_dims + 1)
+        self.fc = nn.Linear(hidden_channels, n_out)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, features: torch.Tensor, image_size) -> torch.Tensor:
+        """Return ``theta`` of shape ``(B, dims, dims + 1)``."""
+        d = self.spatial_dims
+        raw = self.fc(self.pool(self.conv(features)).flatten(1)).view(-1, d, d + 1)
+        eye = torch.eye(d, device=raw.device, dtype=raw.dtype)
+        half = torch.as_tensor([s / 2.0 for s in image_size], device=raw.device, dtype=raw.dtype)
+        return torch.cat([eye + raw[:, :, :d], (raw[:, :, d] * half).unsqueeze(-1)], dim=2)

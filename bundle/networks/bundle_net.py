@@ -1,0 +1,31 @@
+"""Single-tensor wrapper that serves as the bundle's ``network_def``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .regnet import MultiModalRegNet
+
+__all__ = ["RegistrationBundleNet"]
+
+
+class RegistrationBundleNet(MultiModalRegNet):
+    """``MultiModalRegNet`` with a single-tensor interface for bundles and TorchScript.
+
+    ``forward(x)`` takes ``x`` of shape ``(B, 2, *spatial)``, channel 0 the moving image and
+    channel 1 the fixed image (both in [0, 1]), and returns ``(B, 1 + dims, *spatial)``:
+    channel 0 the warped moving image, channels ``1:`` the composed displacement field in
+    voxel units (MONAI ``Warp`` convention). ``register(moving, fixed, ...)`` gives the full
+    structured :class:`RegistrationOutput` used for training and explanation.
+    """
+
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True):
+        """The structured two-stage, two-direction result (see ``MultiModalRegNet.forward``)."""
+        return super().forward(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != 2:
+            raise ValueError(f"expected (B, 2, *spatial) with {self.spatial_dims} spatial dims, got {tuple(x.shape)}.")
+        out = self.register(x[:, :1], x[:, 1:], bidirectional=False, synthesis=False).forward
+        return torch.cat([out.warped, out.ddf], dim=1)

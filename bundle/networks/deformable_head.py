@@ -1,0 +1,61 @@
+"""Deformable head: a dense (velocity) field from the features of the affinely aligned pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from monai.networks.blocks import Convolution, DVF2DDF
+
+from .decoder import PyramidDecoder
+
+__all__ = ["DeformableHead"]
+
+
+class DeformableHead(nn.Module):
+    """Predict a displacement field, optionally as a stationary velocity field.
+
+    The field is predicted at pyramid level ``out_level`` (1 = half resolution, cheap and
+    smooth), integrated there by scaling and squaring (MONAI ``DVF2DDF``) when
+    ``integrate`` is true, then upsampled to the image grid.
+
+    Args:
+        spatial_dims: 2 or 3.
+        encoder_channels: channels of the encoder pyramid, finest first; the head sees the
+            moving and fixed features concatenated, so twice these.
+        out_level: pyramid level at which the field is predicted.
+        integrate: integrate a stationary velocity field (diffeomorphic) or predict the
+            displacement directly.
+        integration_steps: scaling-and-squaring steps.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        encoder_channels: Sequence[int],
+        out_level: int = 1,
+        integrate: bool = True,
+        integration_steps: int = 7,
+    ):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.out_level = out_level
+        self.decoder = PyramidDecoder(spatial_dims, [2 * c for c in encoder_channels], out_level=out_level)
+        self.output = Convolution(spatial_dims, self.decoder.out_channels, spatial_dims, conv_only=True)
+        nn.init.normal_(self.output.conv.weight, std=1e-5)
+        nn.init.zeros_(self.output.conv.bias)
+        self.integrate = DVF2DDF(num_steps=integration_steps, mode="bilinear", padding_mode="border") if integrate else None
+
+    def forward(self, moving_feats: Sequence[torch.Tensor], fixed_feats: Sequence[torch.Tensor], image_size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(ddf, field)``: the displacement on the image grid and the raw predicted field."""
+        pyramid = [torch.cat([m, f], dim=1) for m, f in zip(moving_feats, fixed_feats)]
+        field = self.output(self.decoder(pyramid))
+        ddf = self.integrate(field) if self.integrate is not None else field
+        if tuple(ddf.shape[2:]) != tuple(image_size):
+            factor = torch.as_tensor([s / d for s, d in zip(image_size, ddf.shape[2:])], dtype=ddf.dtype, device=ddf.device)
+            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+            ddf = F.interpolate(ddf, size=tuple(image_size), mode=mode, align_corners=False)
+            ddf = ddf * factor.view(1, -1, *([1] * self.spatial_dims))
+        return ddf, field

@@ -1,0 +1,91 @@
+"""Resampling in physical (world) coordinates, 2D and 3D, on torch tensors.
+
+One function, :func:`sample_at_world`, serves every resampling the pipeline needs: bringing
+images of any orientation, spacing and size onto the network grid, bringing the network's
+displacement field back to the user's fixed grid, and warping the original moving image
+with that field, each in a single interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "ras_grid_for"]
+
+
+def spatial_affine(affine: np.ndarray, dims: int) -> np.ndarray:
+    """The ``(dims + 1) x (dims + 1)`` voxel-to-world part of a 4x4 NIfTI affine.
+
+    For a 2D image (an axial slice) the in-plane rows/columns 0, 1 and the translation are kept.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if dims == 3:
+        return affine.copy()
+    idx = [0, 1, 3]
+    return affine[np.ix_(idx, idx)]
+
+
+def grid_world_points(affine: np.ndarray, shape: Sequence[int], dtype=torch.float32) -> torch.Tensor:
+    """World coordinates ``(dims, *shape)`` of every voxel of a grid with a spatial affine."""
+    dims = len(shape)
+    a = torch.as_tensor(affine, dtype=torch.float64)
+    axes = [torch.arange(s, dtype=torch.float64) for s in shape]
+    idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+    world = torch.einsum("ij,j...->i...", a[:dims, :dims], idx) + a[:dims, dims].reshape(dims, *([1] * dims))
+    return world.to(dtype)
+
+
+def sample_at_world(
+    image: torch.Tensor, image_affine: np.ndarray, points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Sample a channel-first image at world points.
+
+    Args:
+        image: ``(C, *S)`` tensor.
+        image_affine: its spatial voxel-to-world affine, ``(dims + 1)^2`` (see :func:`spatial_affine`).
+        points: ``(dims, *T)`` world coordinates to sample at.
+        mode: ``"bilinear"`` (trilinear in 3D) or ``"nearest"``.
+        padding_mode: ``grid_sample`` padding outside the image.
+
+    Returns:
+        ``(C, *T)`` tensor.
+    """
+    dims = points.shape[0]
+    if image.ndim != dims + 1:
+        raise ValueError(f"image must be (C, *spatial) with {dims} spatial dims, got {tuple(image.shape)}.")
+    inv = torch.as_tensor(np.linalg.inv(image_affine), dtype=torch.float64)
+    pts = points.to(torch.float64)
+    idx = torch.einsum("ij,j...->i...", inv[:dims, :dims], pts) + inv[:dims, dims].reshape(dims, *([1] * dims))
+    size = torch.as_tensor(image.shape[1:], dtype=torch.float64).reshape(dims, *([1] * dims))
+    norm = 2.0 * idx / torch.clamp(size - 1, min=1) - 1.0
+    grid = norm.flip(0).permute(*range(1, dims + 1), 0).unsqueeze(0).to(image.dtype)  # (1, *T, dims), x fastest
+    out = F.grid_sample(image.unsqueeze(0), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    return out[0]
+
+
+def ras_grid_for(affine: np.ndarray, shape: Sequence[int], spacing_mm: float, divisor: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """An axis-aligned RAS grid at ``spacing_mm`` covering an image, sizes divisible by ``divisor``.
+
+    The network always sees images in this orientation and voxel size, whatever the
+    orientation, obliquity and spacing of the user's files.
+
+    Returns:
+        (spatial affine ``(dims + 1)^2``, grid shape).
+    """
+    dims = len(shape)
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(dims, -1)
+    world = affine[:dims, :dims] @ corners + affine[:dims, dims : dims + 1]
+    lo, hi = world.min(axis=1), world.max(axis=1)
+    n = [int(math.ceil(e / spacing_mm - 1e-6)) + 1 for e in (hi - lo)]
+    n = [int(math.ceil(v / divisor) * divisor) for v in n]
+    centre = (lo + hi) / 2.0
+    origin = centre - spacing_mm * (np.array(n) - 1) / 2.0
+    out = np.eye(dims + 1)
+    out[:dims, :dims] = np.eye(dims) * spacing_mm
+    out[:dims, dims] = origin
+    return out, tuple(n)
