@@ -11,16 +11,43 @@ Modules:
 * :mod:`~bundle.data.validation`: input checks with one-line errors naming the file.
 """
 
-from bundle.data.contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, signal_equation, simulate_contrast
-from bundle.data.labels import LABELS, tissue_labels
-from bundle.data.pairs import CONTRASTS, RegistrationPair, generate_pair, split_seeds, write_sample_data
-from bundle.data.templates import (
-    SampleDataUnavailableError,
-    load_mni152,
-    load_spm_single_subject,
-    load_spm_templates,
-)
-from bundle.data.validation import check_image_array, check_label_grid, load_checked_image
+from __future__ import annotations
+
+import importlib
+
+# Exports are imported lazily (PEP 562): ``import bundle.data`` stays light, and
+# ``python -m bundle.data.pairs`` does not find its module already imported.
+_EXPORTS = {
+    "SEQUENCES": "contrast",
+    "TISSUE_PARAMETERS_1P5T": "contrast",
+    "signal_equation": "contrast",
+    "simulate_contrast": "contrast",
+    "LABELS": "labels",
+    "tissue_labels": "labels",
+    "CONTRASTS": "pairs",
+    "RegistrationPair": "pairs",
+    "generate_pair": "pairs",
+    "split_seeds": "pairs",
+    "write_sample_data": "pairs",
+    "SampleDataUnavailableError": "templates",
+    "load_mni152": "templates",
+    "load_spm_single_subject": "templates",
+    "load_spm_templates": "templates",
+    "check_image_array": "validation",
+    "check_label_grid": "validation",
+    "load_checked_image": "validation",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "CONTRASTS",

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["voxel_sizes", "resample_to_spacing", "axial_slice"]
+__all__ = ["voxel_sizes", "reorient_to_ras", "resample_to_spacing", "axial_slice"]
 
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
     """Voxel size in mm along each array axis of a 4x4 affine."""
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip a 3D array so its axes run closest to R, A, S (what MONAI ``Orientationd("RAS")``
+    does), without resampling.
+
+    Returns:
+        (reoriented array, its 4x4 affine), describing the same world space.
+    """
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("RAS"))
+    out = np.ascontiguousarray(nib.orientations.apply_orientation(array, transform))
+    new_affine = np.asarray(affine, dtype=np.float64) @ nib.orientations.inv_ornt_aff(transform, array.shape)
+    return out, new_affine
 
 
 def resample_to_spacing(

@@ -2,7 +2,8 @@
 
 A pair is built from the SPM templates resampled to ``spacing_mm``:
 
-* ``fixed`` is the T1 template, ``fixed_label`` its tissue labels;
+* ``fixed`` is the T1 template, ``fixed_label`` its tissue labels, stored RAS (the affine's
+  diagonal is ``+spacing_mm``);
 * a random map ``T(x) = A(x + e(x))`` of fixed-grid voxel coordinates (affine ``A`` after a
   B-spline elastic displacement ``e``) is sampled from the seed;
 * ``moving(y) = source(T^{-1}(y))`` with ``T^{-1}(y) = E^{-1}(A^{-1} y)``, ``E(w) = w + e(w)``,
@@ -37,7 +38,7 @@ from bundle.data.deform import (
     resample,
     transform_points,
 )
-from bundle.data.grid import axial_slice, resample_to_spacing
+from bundle.data.grid import axial_slice, reorient_to_ras, resample_to_spacing
 from bundle.data.labels import LABELS, tissue_labels
 from bundle.data.templates import load_spm_templates
 from bundle.io import atomic_write, save_displacement, save_image
@@ -98,6 +99,9 @@ class RegistrationPair:
 def source_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """SPM templates, priors and tissue labels resampled to ``spacing_mm`` (cached, read-only).
 
+    The arrays are stored RAS (axes towards right, anterior, superior: SPM's ``x`` axis is
+    flipped), so MONAI's ``Orientationd(axcodes="RAS")`` leaves them, and DDFs, unchanged.
+
     Returns:
         (volumes keyed ``t1, t2, pd, csf, grey, white, labels``, their 4x4 affine).
     """
@@ -105,8 +109,9 @@ def source_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.n
     volumes: dict[str, np.ndarray] = {}
     affine = templates.affine
     for name in ("t1", "t2", "pd", "csf", "grey", "white"):
-        volumes[name], affine = resample_to_spacing(getattr(templates, name), templates.affine, spacing_mm)
-        np.clip(volumes[name], 0.0, 1.0, out=volumes[name])
+        array, affine = resample_to_spacing(getattr(templates, name), templates.affine, spacing_mm)
+        volumes[name], ras_affine = reorient_to_ras(np.clip(array, 0.0, 1.0), affine)
+    affine = ras_affine
     volumes["labels"] = tissue_labels(volumes)
     for array in volumes.values():
         array.flags.writeable = False

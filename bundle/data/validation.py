@@ -145,7 +145,9 @@ def check_label_grid(image_path: str | os.PathLike, label_path: str | os.PathLik
     labels, label_affine = _read(label_path)
     labels = _check_dims(labels, str(label_path), image.ndim)
     if labels.shape != image.shape:
-        raise ValueError(f"{label_path}: label shape {labels.shape} differs from image {image_path} shape {image.shape}")
+        raise ValueError(
+            f"{label_path}: label shape {labels.shape} differs from image {image_path} shape {image.shape}"
+        )
     if not np.allclose(label_affine, image_affine, atol=atol):
         diff = float(np.abs(label_affine - image_affine).max())
         raise ValueError(f"{label_path}: affine differs from that of image {image_path} by up to {diff:.4g}")

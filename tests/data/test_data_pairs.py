@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
+import torch
+from monai.networks.blocks import Warp
 
 from bundle.data import deform, pairs
 from bundle.data.grid import axial_slice, resample_to_spacing
 from bundle.data.templates import load_spm_templates
 
+# The SPM templates come from spm-runtime, installed apart from the extras (--no-deps).
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("spm_runtime") is None,
+    reason="needs spm-runtime: pip install --no-deps spm-runtime matlab-runtime",
+)
+
 SPACING = 4.0  # 46x55x46 voxels: fast, still anatomical
+
+
+def warp(image: np.ndarray, ddf: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+    """Warp a spatial-first array with MONAI ``Warp`` (border padding), as the networks do."""
+    block = Warp(mode=mode, padding_mode="border")
+    with torch.no_grad():
+        image_t = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
+        return block(image_t, torch.as_tensor(ddf, dtype=torch.float32)[None])[0, 0].numpy()
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray, labels=(1, 2, 3)) -> float:
+    """Mean Dice over ``labels``."""
+    return float(np.mean([2.0 * np.sum((a == k) & (b == k)) / max(np.sum(a == k) + np.sum(b == k), 1) for k in labels]))
 
 
 @pytest.fixture(scope="module", params=[(2, "t2"), (2, "flair"), (3, "pd"), (3, "t2")], ids=lambda p: f"{p[0]}d-{p[1]}")
@@ -32,7 +55,7 @@ def test_shapes_and_types(pair):
     assert deform.jacobian_determinant(pair.gt_ddf).min() > 0
 
 
-def test_ground_truth_warps_moving_back(pair, warp):
+def test_ground_truth_warps_moving_back(pair):
     brain = pair.fixed_label > 0
     restored = warp(pair.moving, pair.gt_ddf)
     r_gt = np.corrcoef(restored[brain], pair.moving_undeformed[brain])[0, 1]
@@ -42,7 +65,7 @@ def test_ground_truth_warps_moving_back(pair, warp):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_ground_truth_warps_labels_back(dims, warp, mean_dice):
+def test_ground_truth_warps_labels_back(dims):
     # Nearest-neighbour resampling twice on a 4 mm grid costs a few % of Dice on thin CSF/GM,
     # most when the sampled affine shrinks the moving image; average over a few seeds.
     dice_gt, dice_identity = [], []
@@ -76,13 +99,22 @@ def test_templates_share_the_generator_grid():
     volumes, affine = pairs.source_volumes(6.0)
     shapes = {volumes[k].shape for k in ("t1", "t2", "pd", "csf", "grey", "white", "labels")}
     assert shapes == {(31, 37, 31)}
-    np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), [6.0, 6.0, 6.0])
+    np.testing.assert_allclose(np.diag(affine)[:3], [6.0, 6.0, 6.0])  # stored RAS
     # voxel centres of the coarse grid land on the 2 mm grid: same world space
     spm = load_spm_templates()
     coarse = affine @ np.array([10, 12, 14, 1.0])
     fine = np.linalg.solve(spm.affine, coarse)[:3]
     np.testing.assert_allclose(fine, np.round(fine), atol=1e-6)
     assert pairs.source_volumes(6.0)[0] is volumes  # cached
+
+
+def test_source_volumes_are_the_templates_stored_ras():
+    volumes, affine = pairs.source_volumes(2.0)
+    spm = load_spm_templates()
+    for ijk in ([10, 20, 30], [45, 54, 45], [80, 100, 60]):
+        world = affine @ np.array([*ijk, 1.0])
+        i, j, k = np.rint(np.linalg.solve(spm.affine, world)[:3]).astype(int)
+        assert volumes["t2"][tuple(ijk)] == spm.t2[i, j, k]
 
 
 def test_resample_to_spacing_keeps_world_position():

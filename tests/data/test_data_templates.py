@@ -9,6 +9,12 @@ import pytest
 
 from bundle.data import templates
 
+# The SPM templates come from spm-runtime, installed apart from the extras (--no-deps).
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("spm_runtime") is None,
+    reason="needs spm-runtime: pip install --no-deps spm-runtime matlab-runtime",
+)
+
 SPM_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
 
 
@@ -41,6 +47,7 @@ def test_single_subject_on_template_grid():
 
 
 def test_mni152():
+    pytest.importorskip("nilearn")
     mni = templates.load_mni152(resolution=1)
     assert mni.t1.shape == mni.grey.shape == mni.white.shape == (197, 233, 189)
     np.testing.assert_allclose(np.diag(mni.affine)[:3], [1.0, 1.0, 1.0])
@@ -50,10 +57,15 @@ def test_mni152():
 
 def test_missing_spm_runtime_explains_install(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "spm_runtime" else real_find_spec(name, *a))
+
+    def find_spec(name, *args):
+        return None if name == "spm_runtime" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     templates.spm_archive_path.cache_clear()
+    hint = r"\[samples\].*pip install --no-deps spm-runtime matlab-runtime"
     try:
-        with pytest.raises(templates.SampleDataUnavailableError, match=r"\[samples\].*pip install --no-deps spm-runtime matlab-runtime"):
+        with pytest.raises(templates.SampleDataUnavailableError, match=hint):
             templates.spm_archive_path()
     finally:
         monkeypatch.undo()

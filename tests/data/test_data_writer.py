@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import nibabel as nib
@@ -11,8 +12,15 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from bundle.data import pairs
+from bundle.data.validation import check_label_grid
 from bundle.io import load_displacement
 from bundle.transforms import ValidateImaged
+
+# The SPM templates come from spm-runtime, installed apart from the extras (--no-deps).
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("spm_runtime") is None,
+    reason="needs spm-runtime: pip install --no-deps spm-runtime matlab-runtime",
+)
 
 SPACING = 6.0
 KEYS = ("fixed", "moving", "fixed_label", "moving_label", "gt_ddf")
@@ -22,7 +30,14 @@ KEYS = ("fixed", "moving", "fixed_label", "moving_label", "gt_ddf")
 def dataset(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"samples{request.param}d")
     path = pairs.write_sample_data(
-        out, n_train=2, n_val=1, n_test=2, spatial_dims=request.param, spacing_mm=SPACING, contrasts=("t2", "flair"), seed=5
+        out,
+        n_train=2,
+        n_val=1,
+        n_test=2,
+        spatial_dims=request.param,
+        spacing_mm=SPACING,
+        contrasts=("t2", "flair"),
+        seed=5,
     )
     return request.param, path
 
@@ -61,6 +76,9 @@ def test_files_match_the_regenerated_pair(dataset):
         np.testing.assert_allclose(img.affine, pair.affine, atol=1e-6)
         np.testing.assert_allclose(np.asarray(img.dataobj), getattr(pair, key), atol=1e-6)
     assert nib.load(path.parent / item["fixed_label"]).get_data_dtype() == np.uint8
+    assert nib.aff2axcodes(nib.load(path.parent / item["moving"]).affine) == ("R", "A", "S")
+    check_label_grid(path.parent / item["fixed"], path.parent / item["fixed_label"])
+    check_label_grid(path.parent / item["moving"], path.parent / item["moving_label"])
     ddf, affine = load_displacement(path.parent / item["gt_ddf"])
     np.testing.assert_allclose(ddf, pair.gt_ddf, atol=1e-4)
     np.testing.assert_allclose(affine, pair.affine, atol=1e-6)
@@ -76,9 +94,8 @@ def test_written_images_load_and_validate_with_monai(dataset):
 
 
 def test_cli(tmp_path, capsys):
-    path = pairs.main(
-        ["--output_dir", str(tmp_path), "--spatial_dims", "2", "--spacing_mm", "6", "--n_train", "1", "--n_val", "1", "--n_test", "1", "--seed", "3"]
-    )
+    args = "--spatial_dims 2 --spacing_mm 6 --n_train 1 --n_val 1 --n_test 1 --seed 3".split()
+    path = pairs.main(["--output_dir", str(tmp_path), *args])
     assert capsys.readouterr().out.strip() == str(path)
     assert path == tmp_path / "datalist.json" and len(json.loads(path.read_text())["test"]) == 1
 
