@@ -117,6 +117,24 @@ class PairRegistrar:
         pts = grid_world_points(net_affine, net_shape)
         return sample_at_world(img, affine, pts, padding_mode="zeros")
 
+    def to_network_grid(self, fixed, fixed_affine, moving, moving_affine):
+        """Both images normalised to [0, 1] on the network's RAS grid covering the fixed image.
+
+        Returns:
+            ``(moving, fixed, net_affine, net_shape)``; images are ``(1, 1, *net_shape)`` tensors
+            and ``net_affine`` is the grid's spatial voxel-to-world affine.
+        """
+        net_affine, net_shape = ras_grid_for(fixed_affine, fixed.shape, self.spacing_mm, self.size_divisor)
+        f = self._to_network_grid(fixed, fixed_affine, net_affine, net_shape)
+        m = self._to_network_grid(moving, moving_affine, net_affine, net_shape)
+        return m[None], f[None], net_affine, net_shape
+
+    def load_pair(self, fixed_path, moving_path):
+        """Load and validate two files; returns ``(fixed, fixed_affine, fixed_affine4, moving, moving_affine)``."""
+        fixed, fixed_aff, fixed_aff4 = self._load(fixed_path)
+        moving, moving_aff, _ = self._load(moving_path)
+        return fixed, fixed_aff, fixed_aff4, moving, moving_aff
+
     def register_arrays(self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> dict:
         """Register arrays with spatial affines; returns fields on the fixed grid (numpy).
 
@@ -125,9 +143,8 @@ class PairRegistrar:
             ``warped``, ``theta``, ``net_affine``, ``net_shape``, ``seconds`` per stage.
         """
         t0 = time.perf_counter()
-        net_affine, net_shape = ras_grid_for(fixed_affine, fixed.shape, self.spacing_mm, self.size_divisor)
-        f = self._to_network_grid(fixed, fixed_affine, net_affine, net_shape)
-        m = self._to_network_grid(moving, moving_affine, net_affine, net_shape)
+        m, f, net_affine, net_shape = self.to_network_grid(fixed, fixed_affine, moving, moving_affine)
+        m, f = m[0], f[0]
         t1 = time.perf_counter()
         with torch.no_grad():
             out = self.network.register(m[None].to(self.device), f[None].to(self.device), bidirectional=False, synthesis=False).forward
