@@ -135,8 +135,15 @@ class PairRegistrar:
         moving, moving_aff, _ = self._load(moving_path)
         return fixed, fixed_aff, fixed_aff4, moving, moving_aff
 
-    def register_arrays(self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> dict:
+    def register_arrays(
+        self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str = "full"
+    ) -> dict:
         """Register arrays with spatial affines; returns fields on the fixed grid (numpy).
+
+        Args:
+            fixed, moving: spatial-first arrays.
+            fixed_affine, moving_affine: their spatial affines (see ``resample.spatial_affine``).
+            stage: ``"full"`` (affine then deformable) or ``"affine"`` (affine stage only).
 
         Returns:
             dict with ``ddf_mm`` (dims, *fixed.shape) RAS mm, ``ddf_voxel`` (fixed voxels),
@@ -148,7 +155,9 @@ class PairRegistrar:
         t1 = time.perf_counter()
         with torch.no_grad():
             out = self.network.register(m[None].to(self.device), f[None].to(self.device), bidirectional=False, synthesis=False).forward
-        ddf_vox = out.ddf[0].cpu().double()
+        if stage not in ("full", "affine"):
+            raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
+        ddf_vox = (out.ddf if stage == "full" else out.ddf_affine)[0].cpu().double()
         theta = out.theta[0].cpu().double().numpy()
         t2 = time.perf_counter()
         d = self.dims

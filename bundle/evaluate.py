@@ -1,0 +1,130 @@
+"""Evaluate registration on a labelled datalist: per-pair CSV and a JSON summary.
+
+Methods compared on the same pairs, in the same run: ``identity`` (no motion), ``affine``
+(the network's affine stage only) and ``full`` (affine then deformable). Metrics come from
+:mod:`bundle.metrics`: Dice per label and mean, HD95, displacement error against the
+ground-truth field (when the datalist has ``gt_ddf``) inside the fixed brain mask, folding,
+SDlogJ and NMI, plus seconds per pair.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .inference import PairRegistrar, _load_label, _read_datalist, _warp_label_world
+from .io import atomic_write, load_displacement
+from .metrics import registration_metrics
+from .resample import grid_world_points, spatial_affine
+
+__all__ = ["METHODS", "evaluate_pair", "summarise", "evaluate_datalist"]
+
+METHODS = ("identity", "affine", "full")
+
+
+def _identity_result(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> dict:
+    from .resample import sample_at_world
+
+    dims = fixed.ndim
+    pts = grid_world_points(fixed_affine, fixed.shape, dtype=torch.float64)
+    warped = sample_at_world(torch.from_numpy(moving.astype(np.float64))[None], moving_affine, pts)[0].numpy()
+    zero = np.zeros((dims, *fixed.shape))
+    return {"ddf_mm": zero, "ddf_voxel": zero, "warped": warped.astype(np.float32), "seconds": {}}
+
+
+def evaluate_pair(registrar: PairRegistrar, item: dict, methods: Sequence[str] = METHODS, labels: Sequence[int] = (1, 2, 3)) -> list[dict]:
+    """Register one datalist item with every method; one row of metrics per method."""
+    fixed, fixed_aff, fixed_aff4, moving, moving_aff = registrar.load_pair(item["fixed"], item["moving"])
+    dims = fixed.ndim
+    flab = _load_label(item["fixed_label"], dims)
+    mlab = _load_label(item["moving_label"], dims)
+    gt = None
+    if item.get("gt_ddf"):
+        gt_vox, _ = load_displacement(item["gt_ddf"])
+        gt = torch.from_numpy(gt_vox)[None]
+    mask = torch.from_numpy(flab > 0)[None, None]
+    rows = []
+    for method in methods:
+        t0 = time.perf_counter()
+        if method == "identity":
+            res = _identity_result(fixed, fixed_aff, moving, moving_aff)
+        else:
+            res = registrar.register_arrays(fixed, fixed_aff, moving, moving_aff, stage=method)
+        seconds = time.perf_counter() - t0
+        pts = grid_world_points(fixed_aff, fixed.shape, dtype=torch.float64) + torch.from_numpy(res["ddf_mm"])
+        warped_lab = _warp_label_world(mlab, spatial_affine(_affine_of(item["moving_label"]), dims), pts)
+        metrics = registration_metrics(
+            torch.from_numpy(warped_lab.astype(np.int64))[None, None],
+            torch.from_numpy(flab)[None, None],
+            torch.from_numpy(res["ddf_voxel"])[None],
+            gt_ddf=gt,
+            affine=fixed_aff4[:dims, :dims],
+            warped=torch.from_numpy(res["warped"])[None, None].double(),
+            fixed=torch.from_numpy(fixed)[None, None].double(),
+            labels=labels,
+            mask=mask,
+        )
+        rows.append({"pair": Path(item["fixed"]).parent.name, "contrast": item.get("contrast", ""), "method": method, **metrics, "seconds": seconds})
+    return rows
+
+
+def _affine_of(path) -> np.ndarray:
+    import nibabel as nib
+
+    return nib.load(str(path)).affine
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean and median of every numeric metric per method (and per contrast)."""
+    out: dict = {}
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r)
+        groups.setdefault(f"{r['method']}/{r['contrast']}", []).append(r)
+    for key, rs in groups.items():
+        numeric = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[key] = {"n": len(rs)}
+        for k in numeric:
+            vals = np.array([r[k] for r in rs], dtype=np.float64)
+            out[key][k] = {"mean": float(np.nanmean(vals)), "median": float(np.nanmedian(vals))}
+    return out
+
+
+def evaluate_datalist(
+    registrar: PairRegistrar, datalist: str | os.PathLike, output_dir: str | os.PathLike, section: str = "test",
+    methods: Sequence[str] = METHODS, labels: Sequence[int] = (1, 2, 3), limit: int | None = None,
+) -> dict:
+    """Evaluate every pair of a datalist section; writes ``metrics.csv`` and ``summary.json``."""
+    items = _read_datalist(datalist, section)[:limit]
+    for i, item in enumerate(items):
+        missing = [k for k in ("fixed_label", "moving_label") if k not in item]
+        if missing:
+            raise ValueError(f"{datalist}: item {i} of '{section}' lacks key(s) {missing} needed for evaluation")
+    rows = []
+    for item in tqdm(items, desc="evaluate", unit="pair"):
+        rows.extend(evaluate_pair(registrar, item, methods, labels))
+    summary = summarise(rows)
+    output_dir = Path(output_dir)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def _csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _json(tmp):
+        with open(tmp, "w") as f:
+            json.dump({"datalist": str(datalist), "section": section, "pairs": len(items), "summary": summary}, f, indent=2)
+
+    atomic_write(output_dir / "metrics.csv", _csv)
+    atomic_write(output_dir / "summary.json", _json)
+    return summary
