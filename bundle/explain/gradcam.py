@@ -1,0 +1,379 @@
+"""Grad-CAM (Captum ``LayerGradCam``) of one stage of the registration network.
+
+The forward function seen by Captum takes the 2-channel tensor ``x = cat([moving, fixed], 1)``
+of shape ``(B, 2, *spatial)``, runs ``network.register`` and returns one scalar per batch
+item (a :class:`bundle.explain.targets.Target`). Grad-CAM weights each channel of the
+explained layer's activation by the spatial mean of the scalar's gradient, sums over
+channels, applies a ReLU (Captum's ``relu_attributions=True``) and the result is
+upsampled to the image grid with ``LayerAttribution.interpolate``.
+
+Layers called several times per forward pass. The shared encoder runs on the
+``(moving, fixed)`` batch, again on the affinely warped pair and, with synthesis, on the
+synthesised images; each decoder and head runs once per direction. Captum hooks a module
+on *every* call, and the tensor it keeps (and differentiates with respect to) is that of
+the *last* call, which for the encoder is not an encoding of the inputs at all. Here
+Captum never hooks the network's module: :class:`LayerCallTap` registers a hook on the
+layer that routes the output of exactly one call (``call_index``, default 0) through a
+private ``nn.Identity`` ("tap"), and Captum hooks the tap, which runs once per forward.
+Call 0 is, for every default stage, the call on the raw inputs in the moving-onto-fixed
+direction: the encoder on the batch ``cat([moving, fixed])``, ``decoder_ab`` on the moving
+image's features, ``decoder_ba`` on the fixed image's features, the affine and deformable
+heads of the forward direction. The map therefore shows where the features of *that*
+call drive the scalar; gradient paths through other calls (for the encoder: through the
+re-encoding of the affinely warped moving image) are part of the function being
+differentiated but are not attributed. When the tapped activation holds ``k * B`` items
+(the encoder's ``cat([moving, fixed])``, ``k = 2``), the ``k`` per-image maps are summed
+(``batch_group=None``) or one of them is kept (``batch_group=j``; stages
+``encoder_moving`` / ``encoder_fixed``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from .targets import Target, expand_target_names, make_target
+
+__all__ = [
+    "StageSpec",
+    "STAGES",
+    "DEFAULT_STAGES",
+    "resolve_layer",
+    "stage_specs",
+    "default_targets",
+    "LayerCallTap",
+    "StageExplainer",
+    "Explanation",
+    "explain_pair",
+    "normalise_map",
+    "run_registration",
+]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Where a stage is explained.
+
+    Attributes:
+        layer: dotted path of the explained module (``encoder.levels[-1]``).
+        call_index: which call of the module per forward pass is explained.
+        batch_group: with ``k * B`` items in the tapped activation, keep group ``j`` (``None``: sum).
+    """
+
+    layer: str
+    call_index: int = 0
+    batch_group: int | None = None
+
+
+#: The explained layer of each stage (stage names are used in file names).
+STAGES: dict[str, StageSpec] = {
+    "encoder": StageSpec("encoder.levels[-1]"),
+    "encoder_moving": StageSpec("encoder.levels[-1]", batch_group=0),
+    "encoder_fixed": StageSpec("encoder.levels[-1]", batch_group=1),
+    "decoder_ab": StageSpec("decoder_ab.decoder.blocks[-1]"),
+    "decoder_ba": StageSpec("decoder_ba.decoder.blocks[-1]"),
+    "affine": StageSpec("affine_head.conv"),
+    "deformable": StageSpec("deformable_head.decoder.blocks[-1]"),
+}
+DEFAULT_STAGES = ("encoder", "decoder_ab", "decoder_ba", "affine", "deformable")
+
+_TOKEN = re.compile(r"^([A-Za-z_]\w*)((?:\[-?\d+\])*)$")
+
+
+def resolve_layer(network: nn.Module, path: str) -> nn.Module:
+    """The sub-module at a dotted path; indices may be written ``levels[-1]`` or ``levels.2``.
+
+    Raises:
+        ValueError: naming the part of the path that does not exist.
+    """
+    module: nn.Module = network
+    for part in path.split("."):
+        m = _TOKEN.match(part)
+        if re.fullmatch(r"-?\d+", part):
+            names, indices = None, [int(part)]
+        elif m:
+            names, indices = m.group(1), [int(i) for i in re.findall(r"-?\d+", m.group(2))]
+        else:
+            raise ValueError(f"invalid layer path {path!r} (bad part {part!r}).")
+        try:
+            if names is not None:
+                module = getattr(module, names)
+            for i in indices:
+                module = module[i]
+        except (AttributeError, IndexError, TypeError, KeyError):
+            raise ValueError(f"layer {path!r} not found in {type(network).__name__} (at {part!r}).") from None
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"layer {path!r} is a {type(module).__name__}, not a torch module.")
+    return module
+
+
+def stage_specs(stages: Sequence[str] | Mapping[str, str | StageSpec | Mapping] | None = None) -> dict[str, StageSpec]:
+    """Normalise a stage selection: names of :data:`STAGES`, or ``{name: layer path | spec}``.
+
+    A mapping value may be a layer path (call 0, groups summed), a :class:`StageSpec`, or a
+    dict with the fields of :class:`StageSpec`. ``None`` selects :data:`DEFAULT_STAGES`.
+    """
+    if stages is None:
+        stages = DEFAULT_STAGES
+    if isinstance(stages, str):
+        stages = [stages]
+    out: dict[str, StageSpec] = {}
+    if isinstance(stages, Mapping):
+        for name, spec in stages.items():
+            if isinstance(spec, StageSpec):
+                out[name] = spec
+            elif isinstance(spec, str):
+                out[name] = StageSpec(spec)
+            elif isinstance(spec, Mapping):
+                out[name] = StageSpec(**spec)
+            elif spec is None and name in STAGES:
+                out[name] = STAGES[name]
+            else:
+                raise ValueError(f"stage {name!r}: expected a layer path, a StageSpec or a dict, got {spec!r}.")
+        return out
+    for name in stages:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGES)} or a {{name: layer path}} mapping.")
+        out[name] = STAGES[name]
+    return out
+
+
+def default_targets(stage: str, layer: str | None = None, spacing_mm=None, roi: bool = False) -> list[str]:
+    """The scalar each stage explains by default, chosen from the layer's top-level module.
+
+    ``encoder``: ``similarity``; ``decoder_ab``: ``synthesis_l1``; ``decoder_ba``:
+    ``synthesis_ba_l1``; ``affine_head``: every affine parameter (``affine_mm`` when the
+    voxel size is known, else ``affine``); ``deformable_head``: ``displacement`` (``_mm``
+    when the voxel size is known) and, with a ROI, ``displacement_roi``.
+    """
+    layer = layer or (STAGES[stage].layer if stage in STAGES else stage)
+    top = layer.split(".")[0].split("[")[0]
+    mm = "_mm" if spacing_mm is not None else ""
+    table = {
+        "encoder": ["similarity"],
+        "decoder_ab": ["synthesis_l1"],
+        "decoder_ba": ["synthesis_ba_l1"],
+        "affine_head": [f"affine{mm}"],
+        "deformable_head": [f"displacement{mm}"] + ([f"displacement_roi{mm}"] if roi else []),
+    }
+    if top not in table:
+        raise ValueError(f"no default target for stage {stage!r} (layer {layer!r}); give its targets explicitly.")
+    return table[top]
+
+
+def run_registration(network: nn.Module, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool, synthesis: bool):
+    """``network.register`` (bundle network) or ``network.forward`` (``MultiModalRegNet``)."""
+    fn = getattr(network, "register", None) or network
+    return fn(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
+
+
+class LayerCallTap:
+    """Route the output of one call of ``layer`` through a private identity module.
+
+    Use as a context manager around the forward pass; give ``tap.tap`` to Captum as its
+    layer. ``calls`` counts the calls of ``layer`` seen during the last ``with`` block.
+
+    Args:
+        layer: the module to tap.
+        call_index: the call (0-based, per forward pass) to route through the tap.
+    """
+
+    def __init__(self, layer: nn.Module, call_index: int = 0):
+        if call_index < 0:
+            raise ValueError(f"call_index must be >= 0, got {call_index}.")
+        self.layer = layer
+        self.call_index = int(call_index)
+        self.tap = nn.Identity()
+        self.calls = 0
+        self._handle = None
+
+    def _hook(self, module, args, output):
+        index, self.calls = self.calls, self.calls + 1
+        if index == self.call_index:
+            return self.tap(output)
+        return None
+
+    def __enter__(self) -> LayerCallTap:
+        self.calls = 0
+        self._handle = self.layer.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def normalise_map(attribution: torch.Tensor) -> torch.Tensor:
+    """Scale each batch item of a non-negative map to [0, 1] by its maximum (all-zero maps stay 0)."""
+    flat = attribution.flatten(1)
+    peak = flat.max(dim=1).values.clamp_min(torch.finfo(attribution.dtype).tiny)
+    return (attribution / peak.view(-1, *([1] * (attribution.ndim - 1)))).clamp(0, 1)
+
+
+class StageExplainer:
+    """Grad-CAM of one layer of a registration network for one scalar target.
+
+    Args:
+        network: a ``RegistrationBundleNet`` or ``MultiModalRegNet``.
+        layer: dotted layer path (see :func:`resolve_layer`) or the module itself.
+        target: a :class:`Target` or a target name (see :func:`bundle.explain.targets.make_target`).
+        call_index: which call of ``layer`` per forward pass is explained (module docstring).
+        batch_group: for a tapped activation with ``k * B`` items, keep group ``j``; ``None`` sums them.
+        spacing_mm: network grid voxel size, for the ``_mm`` targets.
+        roi_mask: ROI for the ``displacement_roi`` targets, on the network grid.
+        relu: Captum's ``relu_attributions`` (keep only evidence that increases the scalar).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        layer: str | nn.Module,
+        target: Target | str,
+        call_index: int = 0,
+        batch_group: int | None = None,
+        spacing_mm=None,
+        roi_mask: torch.Tensor | None = None,
+        relu: bool = True,
+    ):
+        self.network = network
+        self.spatial_dims = int(network.spatial_dims)
+        self.layer_name = layer if isinstance(layer, str) else type(layer).__name__
+        module = resolve_layer(network, layer) if isinstance(layer, str) else layer
+        self.tap = LayerCallTap(module, call_index)
+        if isinstance(target, str):
+            target = make_target(target, self.spatial_dims, spacing_mm=spacing_mm, roi_mask=roi_mask)
+        self.target = target
+        self.batch_group = batch_group
+        self.relu = bool(relu)
+        self.last_value: torch.Tensor | None = None
+
+    @classmethod
+    def for_stage(cls, network: nn.Module, stage: str | StageSpec, target: Target | str, **kwargs) -> StageExplainer:
+        """An explainer for a named stage of :data:`STAGES` (or a :class:`StageSpec`)."""
+        spec = stage if isinstance(stage, StageSpec) else stage_specs([stage])[stage]
+        return cls(network, spec.layer, target, call_index=spec.call_index, batch_group=spec.batch_group, **kwargs)
+
+    def _check(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        d = self.spatial_dims
+        if moving.ndim != d + 2 or moving.shape[1] != 1 or fixed.shape != moving.shape:
+            raise ValueError(
+                f"moving and fixed must both be (B, 1, *spatial) with {d} spatial dims, got {tuple(moving.shape)} and {tuple(fixed.shape)}."
+            )
+
+    def forward_func(self, x: torch.Tensor) -> torch.Tensor:
+        """Captum's forward function: ``(B, 2, *spatial)`` (moving, fixed) -> target ``(B,)``."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != 2:
+            raise ValueError(f"expected (B, 2, *spatial) with {self.spatial_dims} spatial dims, got {tuple(x.shape)}.")
+        moving, fixed = x[:, :1], x[:, 1:]
+        out = run_registration(self.network, moving, fixed, self.target.needs_backward, self.target.needs_synthesis)
+        value = self.target(out, moving, fixed)
+        self.last_value = value.detach()
+        return value
+
+    @torch.no_grad()
+    def scalar(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """The explained scalar ``(B,)`` without gradients."""
+        self._check(moving, fixed)
+        return self.forward_func(torch.cat([moving, fixed], dim=1))
+
+    def _group(self, attr: torch.Tensor, batch: int) -> torch.Tensor:
+        if attr.shape[0] == batch:
+            return attr
+        if attr.shape[0] % batch:
+            raise ValueError(f"the tapped activation has {attr.shape[0]} items, not a multiple of the batch size {batch}.")
+        groups = attr.reshape(attr.shape[0] // batch, batch, *attr.shape[1:])
+        if self.batch_group is None:
+            return groups.sum(dim=0)
+        if not 0 <= self.batch_group < groups.shape[0]:
+            raise ValueError(f"batch_group {self.batch_group} out of range for {groups.shape[0]} groups.")
+        return groups[self.batch_group]
+
+    def attribute(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM map ``(B, 1, *spatial)`` on the input grid (raw values, ReLU'd unless ``relu=False``).
+
+        Raises:
+            ValueError: bad input shapes, or the layer was not called ``call_index + 1`` times.
+        """
+        self._check(moving, fixed)
+        x = torch.cat([moving, fixed], dim=1).detach()
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            with self.tap:
+                attr = LayerGradCam(self.forward_func, self.tap.tap).attribute(x, relu_attributions=self.relu)
+        finally:
+            self.network.train(was_training)
+        if self.tap.calls <= self.tap.call_index:
+            raise ValueError(
+                f"layer {self.layer_name!r} ran {self.tap.calls} time(s) in the forward pass of target "
+                f"{self.target.name!r}; call_index {self.tap.call_index} was never reached."
+            )
+        attr = self._group(attr, moving.shape[0])
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        return LayerAttribution.interpolate(attr, tuple(moving.shape[2:]), interpolate_mode=mode)
+
+
+@dataclass
+class Explanation:
+    """One stage map.
+
+    Attributes:
+        stage: stage name.
+        layer: explained layer path.
+        target: target name.
+        description: what the target measures.
+        value: the target's value ``(B,)``.
+        attribution: raw Grad-CAM ``(B, 1, *spatial)`` on the network input grid.
+    """
+
+    stage: str
+    layer: str
+    target: str
+    description: str
+    value: torch.Tensor
+    attribution: torch.Tensor
+
+
+def explain_pair(
+    network: nn.Module,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    stages: Sequence[str] | Mapping | None = None,
+    targets: Mapping[str, str | Sequence[str]] | None = None,
+    spacing_mm=None,
+    roi_mask: torch.Tensor | None = None,
+) -> list[Explanation]:
+    """Grad-CAM maps of every selected stage and target for a batch of pairs.
+
+    Args:
+        network: the registration network (eval mode is used).
+        moving: ``(B, 1, *spatial)`` in [0, 1].
+        fixed: ``(B, 1, *spatial)`` in [0, 1], same grid.
+        stages: see :func:`stage_specs`; default :data:`DEFAULT_STAGES`.
+        targets: ``{stage: target name(s)}``; stages not listed use :func:`default_targets`.
+        spacing_mm: network grid voxel size (enables mm targets and makes them the defaults).
+        roi_mask: ROI on the network grid (enables ``displacement_roi`` targets).
+
+    Returns:
+        one :class:`Explanation` per (stage, target), in order.
+    """
+    dims = int(network.spatial_dims)
+    specs = stage_specs(stages)
+    targets = dict(targets or {})
+    unknown = set(targets) - set(specs)
+    if unknown:
+        raise ValueError(f"targets given for stage(s) {sorted(unknown)} that are not selected ({list(specs)}).")
+    out = []
+    for stage, spec in specs.items():
+        names = targets.get(stage) or default_targets(stage, spec.layer, spacing_mm, roi_mask is not None)
+        for name in expand_target_names(names, dims):
+            ex = StageExplainer(network, spec.layer, name, spec.call_index, spec.batch_group, spacing_mm=spacing_mm, roi_mask=roi_mask)
+            attr = ex.attribute(moving, fixed).detach()
+            out.append(Explanation(stage, spec.layer, name, ex.target.description, ex.last_value, attr))
+    return out

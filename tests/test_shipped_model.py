@@ -1,0 +1,72 @@
+"""The shipped 3D model (models/model.pt) on data whose answer is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from conftest import ROOT
+from test_bundle import network_from_config
+
+MODEL = ROOT / "models" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def registrar():
+    from bundle.inference import PairRegistrar
+
+    return PairRegistrar(network_from_config(3), MODEL)
+
+
+@pytest.fixture(scope="module")
+def templates():
+    from bundle.data.templates import load_spm_templates
+
+    return load_spm_templates()
+
+
+def test_checkpoint_loads_weights_only():
+    state = torch.load(MODEL, weights_only=True)
+    assert MODEL.stat().st_size < 25 * 2**20
+    assert any(k.startswith("deformable_head.") for k in state)
+
+
+@pytest.mark.parametrize("shift", [(3, -2, 2), (-4, 0, -3)])
+def test_affine_stage_recovers_known_translation(registrar, templates, shift):
+    affine = templates.affine
+    moving = ndimage.shift(np.asarray(templates.t2), shift, order=1, mode="constant")
+    res = registrar.register_arrays(np.asarray(templates.t1), affine, moving, affine, stage="affine")
+    brain = (np.asarray(templates.grey) + np.asarray(templates.white)) > 0.5
+    # warped(x) = moving(x + u) = t2(x + u - shift)  =>  u = shift (voxels)
+    found_vox = np.array([np.median(c[brain]) for c in res["ddf_voxel"]])
+    assert np.linalg.norm(found_vox - np.array(shift)) < 1.0, (found_vox, shift)
+
+
+def test_directions_are_inverse_consistent(registrar, templates):
+    from bundle.data.pairs import generate_pair
+    from bundle.losses import inverse_consistency_error
+
+    pair = generate_pair(123456, "t2", 3, 2.0)
+    m, f, _, _ = registrar.to_network_grid(pair.fixed, pair.affine, pair.moving, pair.affine)
+    with torch.no_grad():
+        out = registrar.network.register(m, f)
+    rms = float(inverse_consistency_error(out.forward.ddf, out.backward.ddf)) ** 0.5
+    motion = float(out.forward.ddf.pow(2).sum(1).mean()) ** 0.5
+    assert rms < 0.5 and rms < 0.25 * motion, (rms, motion)
+
+
+def test_model_beats_identity_on_held_out_pairs(registrar, tmp_path):
+    from bundle.data.sample import ensure_sample_datalist
+    from bundle.evaluate import evaluate_datalist
+
+    datalist = ensure_sample_datalist(tmp_path / "s", spatial_dims=3, spacing_mm=2.0, n_train=0, n_val=0, n_test=2, seed=77)
+    summary = evaluate_datalist(registrar, datalist, tmp_path / "eval")
+    ident, full = summary["identity"], summary["full"]
+    assert full["dice_mean"]["mean"] > ident["dice_mean"]["mean"] + 0.1
+    assert full["disp_error_mean_mm"]["mean"] < ident["disp_error_mean_mm"]["mean"]
+    assert full["folding_percent"]["mean"] < 0.1
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["pairs"] == 2
