@@ -243,8 +243,13 @@ class StageExplainer:
     ):
         self.network = network
         self.spatial_dims = int(network.spatial_dims)
-        self.layer_name = layer if isinstance(layer, str) else type(layer).__name__
-        module = resolve_layer(network, layer) if isinstance(layer, str) else layer
+        if isinstance(layer, str):
+            module, self.layer_name = resolve_layer(network, layer), layer
+        else:
+            names = [n for n, m in network.named_modules() if m is layer]
+            if not names:
+                raise ValueError(f"the given {type(layer).__name__} module is not part of the network.")
+            module, self.layer_name = layer, names[0]
         self.tap = LayerCallTap(module, call_index)
         if isinstance(target, str):
             target = make_target(target, self.spatial_dims, spacing_mm=spacing_mm, roi_mask=roi_mask)
@@ -314,7 +319,7 @@ class StageExplainer:
                 f"layer {self.layer_name!r} ran {self.tap.calls} time(s) in the forward pass of target "
                 f"{self.target.name!r}; call_index {self.tap.call_index} was never reached."
             )
-        attr = self._group(attr, moving.shape[0])
+        attr = self._group(attr.detach(), moving.shape[0])
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         return LayerAttribution.interpolate(attr, tuple(moving.shape[2:]), interpolate_mode=mode)
 

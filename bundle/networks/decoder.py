@@ -70,11 +70,13 @@ class SynthesisDecoder(nn.Module):
         spatial_dims: 2 or 3.
         encoder_channels: channels of the encoder pyramid, finest first.
         out_channels: channels of the synthesised image.
+        out_level: pyramid level of the output (0 = the encoder's finest level); a coarser
+            output is much cheaper in 3D and is upsampled by the caller.
     """
 
-    def __init__(self, spatial_dims: int, encoder_channels: Sequence[int], out_channels: int = 1):
+    def __init__(self, spatial_dims: int, encoder_channels: Sequence[int], out_channels: int = 1, out_level: int = 0):
         super().__init__()
-        self.decoder = PyramidDecoder(spatial_dims, encoder_channels, out_level=0)
+        self.decoder = PyramidDecoder(spatial_dims, encoder_channels, out_level=out_level)
         self.output = Convolution(spatial_dims, self.decoder.out_channels, out_channels, kernel_size=1, conv_only=True)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -99,6 +99,7 @@ class MultiModalRegNet(nn.Module):
         input_downsample: number of 2x average-poolings applied to the images before the
             encoder (1 halves the working resolution, ~8x cheaper in 3D); fields and
             synthesised images are upsampled back and warping happens at full resolution.
+        synthesis_level: pyramid level at which the synthesis decoders output their image.
     """
 
     def __init__(
@@ -111,13 +112,14 @@ class MultiModalRegNet(nn.Module):
         integrate: bool = True,
         integration_steps: int = 7,
         input_downsample: int = 0,
+        synthesis_level: int = 0,
     ):
         super().__init__()
         self.spatial_dims = spatial_dims
         self.input_downsample = int(input_downsample)
         self.encoder = ModalityEncoder(spatial_dims, in_channels, encoder_channels)
-        self.decoder_ab = SynthesisDecoder(spatial_dims, encoder_channels, in_channels)
-        self.decoder_ba = SynthesisDecoder(spatial_dims, encoder_channels, in_channels)
+        self.decoder_ab = SynthesisDecoder(spatial_dims, encoder_channels, in_channels, synthesis_level)
+        self.decoder_ba = SynthesisDecoder(spatial_dims, encoder_channels, in_channels, synthesis_level)
         self.affine_head = AffineHead(spatial_dims, 2 * encoder_channels[-1], affine_channels)
         self.deformable_head = DeformableHead(spatial_dims, encoder_channels, deformable_level, integrate, integration_steps)
         self.warp = Warp(mode="bilinear", padding_mode="border")
