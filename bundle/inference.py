@@ -99,12 +99,18 @@ class PairRegistrar:
     def __init__(self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
-        if checkpoint is not None:
-            load_network_weights(self.network, checkpoint, map_location=self.device)
+        self.checkpoint = checkpoint
+        self._weights_loaded = checkpoint is None
         self.dims = network.spatial_dims
         self.spacing_mm = float(spacing_mm)
         self.size_divisor = int(size_divisor)
         self.overwrite = bool(overwrite)
+
+    def load_weights(self) -> None:
+        """Load ``checkpoint`` once (lazily, so that a bad checkpoint is a user error, not a config error)."""
+        if not self._weights_loaded:
+            load_network_weights(self.network, self.checkpoint, map_location=self.device)
+            self._weights_loaded = True
 
     # -- pieces -----------------------------------------------------------------------------
     def _load(self, path):
@@ -150,6 +156,7 @@ class PairRegistrar:
             ``warped``, ``theta``, ``net_affine``, ``net_shape``, ``seconds`` per stage.
         """
         t0 = time.perf_counter()
+        self.load_weights()
         m, f, net_affine, net_shape = self.to_network_grid(fixed, fixed_affine, moving, moving_affine)
         m, f = m[0], f[0]
         t1 = time.perf_counter()
@@ -244,6 +251,7 @@ class PairRegistrar:
         """
         if output_dir is None:
             raise ValueError("output_dir is required")
+        self.load_weights()
         if datalist:
             items = _read_datalist(datalist, section)
             out = []

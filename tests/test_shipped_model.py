@@ -19,7 +19,9 @@ MODEL = ROOT / "models" / "model.pt"
 def registrar():
     from bundle.inference import PairRegistrar
 
-    return PairRegistrar(network_from_config(3), MODEL)
+    registrar = PairRegistrar(network_from_config(3), MODEL)
+    registrar.load_weights()
+    return registrar
 
 
 @pytest.fixture(scope="module")

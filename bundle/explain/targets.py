@@ -128,6 +128,10 @@ def compose_affine(
     Returns:
         ``(B, dims, dims + 1)``.
     """
+    dtype = translation.dtype if translation.is_floating_point() else torch.get_default_dtype()
+    translation, angles, scales = (torch.as_tensor(v).to(dtype) for v in (translation, angles, scales))
+    if translation.ndim != 2 or translation.shape[1] not in (2, 3):
+        raise ValueError(f"translation must be (B, 2) or (B, 3), got {tuple(translation.shape)}.")
     b, d = translation.shape
     rot = euler_to_rotation(angles)
     if rot.shape[1] != d or scales.shape != (b, d):
@@ -137,9 +141,9 @@ def compose_affine(
     h = torch.eye(d, dtype=translation.dtype, device=translation.device).repeat(b, 1, 1)
     if shears is not None:
         iu = torch.triu_indices(d, d, offset=1)
-        if shears.shape != (b, iu.shape[1]):
+        if tuple(shears.shape) != (b, iu.shape[1]):
             raise ValueError(f"shears must be ({b}, {iu.shape[1]}), got {tuple(shears.shape)}.")
-        h[:, iu[0], iu[1]] = shears
+        h[:, iu[0], iu[1]] = torch.as_tensor(shears).to(dtype)
     m = rot @ torch.diag_embed(scales) @ h
     return torch.cat([m, translation.unsqueeze(-1)], dim=2)
 
@@ -197,16 +201,19 @@ def _spacing(spacing_mm: float | Sequence[float], dims: int) -> list[float]:
 
 
 def _mean_displacement(
-    output: RegistrationOutput, spacing: list[float] | None, roi: torch.Tensor | None
+    output: RegistrationOutput, spacing: list[float] | None, roi: torch.Tensor | None, rms: bool = False
 ) -> torch.Tensor:
     ddf = output.forward.ddf_deformable
     if spacing is not None:
         ddf = ddf * torch.as_tensor(spacing, dtype=ddf.dtype, device=ddf.device).view(1, -1, *([1] * (ddf.ndim - 2)))
-    mag = torch.sqrt(ddf.pow(2).sum(dim=1, keepdim=True) + 1e-12)
+    sq = ddf.pow(2).sum(dim=1, keepdim=True)
+    val = sq if rms else torch.sqrt(sq + 1e-12)
     if roi is None:
-        return mag.flatten(1).mean(dim=1)
-    w = roi.to(mag.dtype).expand_as(mag)
-    return (mag * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
+        mean = val.flatten(1).mean(dim=1)
+    else:
+        w = roi.to(val.dtype).expand_as(val)
+        mean = (val * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
+    return torch.sqrt(mean + 1e-12) if rms else mean
 
 
 def _check_roi(roi: torch.Tensor, dims: int) -> torch.Tensor:
@@ -246,7 +253,7 @@ def target_names(spatial_dims: int) -> tuple[str, ...]:
     """Every single target name :func:`make_target` accepts (besides the groups ``affine``/``affine_mm``)."""
     aff = affine_parameter_names(spatial_dims)
     mm = tuple(f"translation_{a}_mm" for a in AXES[:spatial_dims])
-    disp = ("displacement", "displacement_mm", "displacement_roi", "displacement_roi_mm")
+    disp = tuple(f"displacement{r}{o}{m}" for r in ("", "_rms") for o in ("", "_roi") for m in ("", "_mm"))
     syn = ("synthesis_l1", "synthesis_lncc", "synthesis_ba_l1", "synthesis_ba_lncc")
     return aff + mm + disp + ("similarity",) + syn
 
@@ -289,7 +296,10 @@ def make_target(
       parameters of the moving-onto-fixed affine stage (module docstring).
     * ``displacement`` / ``displacement_mm``: mean magnitude of the deformable stage's
       displacement (``ddf_deformable``, voxels or mm) over the whole grid;
-      ``displacement_roi`` / ``displacement_roi_mm``: its mean inside ``roi_mask``.
+      ``displacement_roi`` / ``displacement_roi_mm``: its mean inside ``roi_mask``;
+      ``displacement_rms[_roi][_mm]``: the root mean square instead of the mean (its
+      gradient weights each voxel by its displacement, where the mean's weights every
+      voxel's unit direction equally, however small the displacement).
     * ``similarity``: mutual information between the warped moving and the fixed image
       (negated MONAI ``GlobalMutualInformationLoss``, ``mi_bins`` bins; higher is more similar).
     * ``synthesis_l1`` / ``synthesis_lncc``: similarity of ``forward.synth_warped`` (moving
@@ -325,13 +335,15 @@ def make_target(
             if roi_mask is None:
                 raise ValueError(f"target {name!r} needs a roi_mask.")
             roi = _check_roi(roi_mask, spatial_dims)
+        rms = "_rms" in name
 
         def disp_fn(output, moving, fixed):
             r = None if roi is None else roi.to(moving.device)
-            return _mean_displacement(output, spacing, r)
+            return _mean_displacement(output, spacing, r, rms)
 
         where = "inside the ROI mask" if roi is not None else "over the whole grid"
-        return Target(name, f"mean displacement magnitude of the deformable stage {where} ({'mm' if mm else 'voxels'})", disp_fn)
+        what = "root mean square" if rms else "mean"
+        return Target(name, f"{what} displacement magnitude of the deformable stage {where} ({'mm' if mm else 'voxels'})", disp_fn)
     if name == "similarity":
         mi = GlobalMutualInformationLoss(num_bins=mi_bins, reduction="none")
 
