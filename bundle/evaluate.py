@@ -25,7 +25,7 @@ from .io import atomic_write, load_displacement
 from .metrics import registration_metrics
 from .resample import grid_world_points, spatial_affine
 
-__all__ = ["METHODS", "evaluate_pair", "summarise", "evaluate_datalist"]
+__all__ = ["METHODS", "PairData", "evaluate_pair", "summarise", "evaluate_datalist"]
 
 METHODS = ("identity", "affine", "full")
 
@@ -40,39 +40,53 @@ def _identity_result(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.nda
     return {"ddf_mm": zero, "ddf_voxel": zero, "warped": warped.astype(np.float32), "seconds": {}}
 
 
+class PairData:
+    """One labelled datalist item loaded once: images, labels, spatial affines, ground truth."""
+
+    def __init__(self, registrar: PairRegistrar, item: dict):
+        self.item = item
+        self.fixed, self.fixed_affine, self.fixed_affine4, self.moving, self.moving_affine = registrar.load_pair(item["fixed"], item["moving"])
+        dims = self.fixed.ndim
+        self.fixed_label = _load_label(item["fixed_label"], dims)
+        self.moving_label = _load_label(item["moving_label"], dims)
+        self.moving_label_affine = spatial_affine(_affine_of(item["moving_label"]), dims)
+        self.gt = torch.from_numpy(load_displacement(item["gt_ddf"])[0])[None] if item.get("gt_ddf") else None
+
+    def score(self, ddf_mm: np.ndarray, warped: np.ndarray, labels: Sequence[int] = (1, 2, 3)) -> dict:
+        """Metrics of a displacement field in RAS mm on the fixed grid (``warped`` = moving through it)."""
+        dims = self.fixed.ndim
+        inv = np.linalg.inv(self.fixed_affine[:dims, :dims])
+        ddf_voxel = np.einsum("ij,j...->i...", inv, ddf_mm)
+        pts = grid_world_points(self.fixed_affine, self.fixed.shape, dtype=torch.float64) + torch.from_numpy(ddf_mm)
+        warped_lab = _warp_label_world(self.moving_label, self.moving_label_affine, pts)
+        return registration_metrics(
+            torch.from_numpy(warped_lab.astype(np.int64))[None, None],
+            torch.from_numpy(self.fixed_label)[None, None],
+            torch.from_numpy(ddf_voxel)[None],
+            gt_ddf=self.gt,
+            affine=self.fixed_affine4[:dims, :dims],
+            warped=torch.from_numpy(np.asarray(warped, dtype=np.float64))[None, None],
+            fixed=torch.from_numpy(self.fixed.astype(np.float64))[None, None],
+            labels=labels,
+            mask=torch.from_numpy(self.fixed_label > 0)[None, None],
+        )
+
+    def row(self, method: str, metrics: dict, seconds: float) -> dict:
+        return {"pair": Path(self.item["fixed"]).parent.name, "contrast": self.item.get("contrast", ""), "method": method, **metrics, "seconds": seconds}
+
+
 def evaluate_pair(registrar: PairRegistrar, item: dict, methods: Sequence[str] = METHODS, labels: Sequence[int] = (1, 2, 3)) -> list[dict]:
     """Register one datalist item with every method; one row of metrics per method."""
-    fixed, fixed_aff, fixed_aff4, moving, moving_aff = registrar.load_pair(item["fixed"], item["moving"])
-    dims = fixed.ndim
-    flab = _load_label(item["fixed_label"], dims)
-    mlab = _load_label(item["moving_label"], dims)
-    gt = None
-    if item.get("gt_ddf"):
-        gt_vox, _ = load_displacement(item["gt_ddf"])
-        gt = torch.from_numpy(gt_vox)[None]
-    mask = torch.from_numpy(flab > 0)[None, None]
+    pair = PairData(registrar, item)
     rows = []
     for method in methods:
         t0 = time.perf_counter()
         if method == "identity":
-            res = _identity_result(fixed, fixed_aff, moving, moving_aff)
+            res = _identity_result(pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine)
         else:
-            res = registrar.register_arrays(fixed, fixed_aff, moving, moving_aff, stage=method)
+            res = registrar.register_arrays(pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, stage=method)
         seconds = time.perf_counter() - t0
-        pts = grid_world_points(fixed_aff, fixed.shape, dtype=torch.float64) + torch.from_numpy(res["ddf_mm"])
-        warped_lab = _warp_label_world(mlab, spatial_affine(_affine_of(item["moving_label"]), dims), pts)
-        metrics = registration_metrics(
-            torch.from_numpy(warped_lab.astype(np.int64))[None, None],
-            torch.from_numpy(flab)[None, None],
-            torch.from_numpy(res["ddf_voxel"])[None],
-            gt_ddf=gt,
-            affine=fixed_aff4[:dims, :dims],
-            warped=torch.from_numpy(res["warped"])[None, None].double(),
-            fixed=torch.from_numpy(fixed)[None, None].double(),
-            labels=labels,
-            mask=mask,
-        )
-        rows.append({"pair": Path(item["fixed"]).parent.name, "contrast": item.get("contrast", ""), "method": method, **metrics, "seconds": seconds})
+        rows.append(pair.row(method, pair.score(res["ddf_mm"], res["warped"], labels), seconds))
     return rows
 
 
