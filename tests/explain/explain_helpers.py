@@ -29,7 +29,7 @@ BOX = ((28, 52), (14, 38))
 BUMP_SIGMA = 4.0  # a sixth of the box side, as bundle.explain.sanity.local_deformation_case uses
 BUMP_AMPLITUDE = 0.8 * BUMP_SIGMA
 DEFORMABLE_WEIGHT = 10.0
-LR = 3e-3
+LR = 1e-3
 _WARP = Warp(mode="bilinear", padding_mode="border")
 
 
@@ -71,7 +71,7 @@ def invert(h: torch.Tensor, iterations: int = 30) -> torch.Tensor:
 
 
 #: (translation, bump sign) of the fitted pairs
-VARIANTS = ((3.0, -2.0, 0.0), (0.0, 0.0, 1.0), (-2.0, 2.5, 1.0), (0.0, 0.0, 0.0), (-1.5, -3.0, -1.0), (2.0, 2.0, 0.0))
+VARIANTS = ((3.0, -2.0, 0.0), (0.0, 0.0, 1.0), (-2.0, 2.5, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, -1.0), (-1.5, -3.0, 0.0))
 
 
 def fitted_pairs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
