@@ -105,3 +105,15 @@ def test_inference_config_writes_outputs_on_fixed_grid(sample_3d, tmp_path):
                       "--fixed", str(base / item["fixed"]), "--moving", str(base / item["moving"]),
                       "--output_dir", str(out), check=False)
     assert proc.returncode != 0 and "already holds results" in proc.stderr
+
+
+def test_every_config_builds_the_same_network():
+    """train/inference/evaluate/explain declare network_def separately (bundle convention); keep them equal."""
+    defs = {}
+    for name in ("train.json", "inference.json", "evaluate.json", "explain.json"):
+        path = ROOT / "configs" / name
+        if path.exists():
+            defs[name] = json.loads(path.read_text())["network_def"]
+    assert len(defs) >= 3
+    first = next(iter(defs.values()))
+    assert all(d == first for d in defs.values()), defs
