@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
+from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from torch import nn
+from torch.nn import functional as F
 
 from .targets import Target, expand_target_names, make_target
 
 __all__ = [
+    "METHODS",
     "StageSpec",
     "STAGES",
     "DEFAULT_STAGES",
@@ -55,6 +57,9 @@ __all__ = [
 ]
 
 
+METHODS = ("gradcam", "hirescam")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """Where a stage is explained.
@@ -63,11 +68,17 @@ class StageSpec:
         layer: dotted path of the explained module (``encoder.levels[-1]``).
         call_index: which call of the module per forward pass is explained.
         batch_group: with ``k * B`` items in the tapped activation, keep group ``j`` (``None``: sum).
+        method: ``"gradcam"`` or ``"hirescam"`` (see :class:`StageExplainer`).
     """
 
     layer: str
     call_index: int = 0
     batch_group: int | None = None
+    method: str = "gradcam"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
 
 
 #: The explained layer of each stage (stage names are used in file names).
@@ -115,8 +126,10 @@ def resolve_layer(network: nn.Module, path: str) -> nn.Module:
 def stage_specs(stages: Sequence[str] | Mapping[str, str | StageSpec | Mapping] | None = None) -> dict[str, StageSpec]:
     """Normalise a stage selection: names of :data:`STAGES`, or ``{name: layer path | spec}``.
 
-    A mapping value may be a layer path (call 0, groups summed), a :class:`StageSpec`, or a
-    dict with the fields of :class:`StageSpec`. ``None`` selects :data:`DEFAULT_STAGES`.
+    A mapping value may be a layer path (call 0, groups summed, Grad-CAM), a :class:`StageSpec`,
+    ``None`` (a stage of :data:`STAGES` as it is) or a dict of :class:`StageSpec` fields (for a
+    stage of :data:`STAGES`, overriding its defaults, e.g. ``{"deformable": {"method":
+    "hirescam"}}``). ``None`` selects :data:`DEFAULT_STAGES`.
     """
     if stages is None:
         stages = DEFAULT_STAGES
@@ -130,7 +143,15 @@ def stage_specs(stages: Sequence[str] | Mapping[str, str | StageSpec | Mapping] 
             elif isinstance(spec, str):
                 out[name] = StageSpec(spec)
             elif isinstance(spec, Mapping):
-                out[name] = StageSpec(**spec)
+                unknown = set(spec) - {f.name for f in fields(StageSpec)}
+                if unknown:
+                    raise ValueError(f"stage {name!r}: unknown option(s) {sorted(unknown)}; expected {[f.name for f in fields(StageSpec)]}.")
+                if name in STAGES:
+                    out[name] = replace(STAGES[name], **spec)
+                elif "layer" in spec:
+                    out[name] = StageSpec(**spec)
+                else:
+                    raise ValueError(f"stage {name!r} is not one of {list(STAGES)}; give its 'layer'.")
             elif spec is None and name in STAGES:
                 out[name] = STAGES[name]
             else:
@@ -148,8 +169,11 @@ def default_targets(stage: str, layer: str | None = None, spacing_mm=None, roi: 
 
     ``encoder``: ``similarity``; ``decoder_ab``: ``synthesis_l1``; ``decoder_ba``:
     ``synthesis_ba_l1``; ``affine_head``: every affine parameter (``affine_mm`` when the
-    voxel size is known, else ``affine``); ``deformable_head``: ``displacement`` (``_mm``
-    when the voxel size is known) and, with a ROI, ``displacement_roi``.
+    voxel size is known, else ``affine``); ``deformable_head``: ``displacement_rms`` (``_mm``
+    when the voxel size is known) and, with a ROI, ``displacement_rms_roi``. The root mean
+    square rather than the mean magnitude: the mean's gradient weights every voxel's unit
+    displacement direction equally, so small residual displacements everywhere dominate
+    the map; the RMS weights each voxel by its displacement.
     """
     layer = layer or (STAGES[stage].layer if stage in STAGES else stage)
     top = layer.split(".")[0].split("[")[0]
@@ -159,7 +183,7 @@ def default_targets(stage: str, layer: str | None = None, spacing_mm=None, roi: 
         "decoder_ab": ["synthesis_l1"],
         "decoder_ba": ["synthesis_ba_l1"],
         "affine_head": [f"affine{mm}"],
-        "deformable_head": [f"displacement{mm}"] + ([f"displacement_roi{mm}"] if roi else []),
+        "deformable_head": [f"displacement_rms{mm}"] + ([f"displacement_rms_roi{mm}"] if roi else []),
     }
     if top not in table:
         raise ValueError(f"no default target for stage {stage!r} (layer {layer!r}); give its targets explicitly.")
@@ -217,7 +241,16 @@ def normalise_map(attribution: torch.Tensor) -> torch.Tensor:
 
 
 class StageExplainer:
-    """Grad-CAM of one layer of a registration network for one scalar target.
+    """Grad-CAM (or HiResCAM) of one layer of a registration network for one scalar target.
+
+    ``method="gradcam"`` is Captum ``LayerGradCam``: each channel of the activation ``A`` is
+    weighted by the spatial mean of the gradient, ``ReLU(sum_c mean_x(dy/dA_c) A_c(x))``.
+    ``method="hirescam"`` (Draelos and Carin, 2020) keeps the gradient per voxel,
+    ``ReLU(sum_c dy/dA_c(x) A_c(x))`` (Captum ``LayerGradientXActivation`` summed over
+    channels). The two coincide when the gradient is spatially uniform, as for the affine
+    head (its convolution is followed by global average pooling). For dense outputs (the
+    deformable field, synthesised images) the gradient is concentrated where the output
+    changes and Grad-CAM's spatial averaging discards that; see ``docs/explanations.md``.
 
     Args:
         network: a ``RegistrationBundleNet`` or ``MultiModalRegNet``.
@@ -227,7 +260,8 @@ class StageExplainer:
         batch_group: for a tapped activation with ``k * B`` items, keep group ``j``; ``None`` sums them.
         spacing_mm: network grid voxel size, for the ``_mm`` targets.
         roi_mask: ROI for the ``displacement_roi`` targets, on the network grid.
-        relu: Captum's ``relu_attributions`` (keep only evidence that increases the scalar).
+        relu: keep only evidence that increases the scalar (Captum's ``relu_attributions``).
+        method: ``"gradcam"`` or ``"hirescam"``.
     """
 
     def __init__(
@@ -240,7 +274,10 @@ class StageExplainer:
         spacing_mm=None,
         roi_mask: torch.Tensor | None = None,
         relu: bool = True,
+        method: str = "gradcam",
     ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         self.network = network
         self.spatial_dims = int(network.spatial_dims)
         if isinstance(layer, str):
@@ -256,13 +293,15 @@ class StageExplainer:
         self.target = target
         self.batch_group = batch_group
         self.relu = bool(relu)
+        self.method = method
         self.last_value: torch.Tensor | None = None
 
     @classmethod
     def for_stage(cls, network: nn.Module, stage: str | StageSpec, target: Target | str, **kwargs) -> StageExplainer:
-        """An explainer for a named stage of :data:`STAGES` (or a :class:`StageSpec`)."""
+        """An explainer for a named stage of :data:`STAGES` (or a :class:`StageSpec`); kwargs override."""
         spec = stage if isinstance(stage, StageSpec) else stage_specs([stage])[stage]
-        return cls(network, spec.layer, target, call_index=spec.call_index, batch_group=spec.batch_group, **kwargs)
+        opts = {"call_index": spec.call_index, "batch_group": spec.batch_group, "method": spec.method, **kwargs}
+        return cls(network, spec.layer, target, **opts)
 
     def _check(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         d = self.spatial_dims
@@ -299,8 +338,14 @@ class StageExplainer:
             raise ValueError(f"batch_group {self.batch_group} out of range for {groups.shape[0]} groups.")
         return groups[self.batch_group]
 
+    def _layer_attribution(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "gradcam":
+            return LayerGradCam(self.forward_func, self.tap.tap).attribute(x, relu_attributions=self.relu)
+        attr = LayerGradientXActivation(self.forward_func, self.tap.tap).attribute(x).sum(dim=1, keepdim=True)
+        return F.relu(attr) if self.relu else attr
+
     def attribute(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """Grad-CAM map ``(B, 1, *spatial)`` on the input grid (raw values, ReLU'd unless ``relu=False``).
+        """The map ``(B, 1, *spatial)`` on the input grid (raw values, ReLU'd unless ``relu=False``).
 
         Raises:
             ValueError: bad input shapes, or the layer was not called ``call_index + 1`` times.
@@ -311,14 +356,20 @@ class StageExplainer:
         self.network.eval()
         try:
             with self.tap:
-                attr = LayerGradCam(self.forward_func, self.tap.tap).attribute(x, relu_attributions=self.relu)
+                attr = self._layer_attribution(x)
+        except (AssertionError, RuntimeError) as e:
+            if self.tap.calls <= self.tap.call_index:
+                raise ValueError(
+                    f"layer {self.layer_name!r} ran {self.tap.calls} time(s) in the forward pass of target "
+                    f"{self.target.name!r}; call_index {self.tap.call_index} was never reached."
+                ) from None
+            if "not have been used in the graph" in str(e):
+                raise ValueError(
+                    f"target {self.target.name!r} does not depend on call {self.tap.call_index} of layer {self.layer_name!r}."
+                ) from None
+            raise
         finally:
             self.network.train(was_training)
-        if self.tap.calls <= self.tap.call_index:
-            raise ValueError(
-                f"layer {self.layer_name!r} ran {self.tap.calls} time(s) in the forward pass of target "
-                f"{self.target.name!r}; call_index {self.tap.call_index} was never reached."
-            )
         attr = self._group(attr.detach(), moving.shape[0])
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         return LayerAttribution.interpolate(attr, tuple(moving.shape[2:]), interpolate_mode=mode)
@@ -334,7 +385,8 @@ class Explanation:
         target: target name.
         description: what the target measures.
         value: the target's value ``(B,)``.
-        attribution: raw Grad-CAM ``(B, 1, *spatial)`` on the network input grid.
+        attribution: raw map ``(B, 1, *spatial)`` on the network input grid.
+        method: ``"gradcam"`` or ``"hirescam"``.
     """
 
     stage: str
@@ -343,6 +395,7 @@ class Explanation:
     description: str
     value: torch.Tensor
     attribution: torch.Tensor
+    method: str = "gradcam"
 
 
 def explain_pair(
@@ -353,6 +406,7 @@ def explain_pair(
     targets: Mapping[str, str | Sequence[str]] | None = None,
     spacing_mm=None,
     roi_mask: torch.Tensor | None = None,
+    method: str | None = None,
 ) -> list[Explanation]:
     """Grad-CAM maps of every selected stage and target for a batch of pairs.
 
@@ -364,6 +418,7 @@ def explain_pair(
         targets: ``{stage: target name(s)}``; stages not listed use :func:`default_targets`.
         spacing_mm: network grid voxel size (enables mm targets and makes them the defaults).
         roi_mask: ROI on the network grid (enables ``displacement_roi`` targets).
+        method: ``"gradcam"`` or ``"hirescam"`` for every stage; ``None`` keeps each stage's.
 
     Returns:
         one :class:`Explanation` per (stage, target), in order.
@@ -378,7 +433,7 @@ def explain_pair(
     for stage, spec in specs.items():
         names = targets.get(stage) or default_targets(stage, spec.layer, spacing_mm, roi_mask is not None)
         for name in expand_target_names(names, dims):
-            ex = StageExplainer(network, spec.layer, name, spec.call_index, spec.batch_group, spacing_mm=spacing_mm, roi_mask=roi_mask)
-            attr = ex.attribute(moving, fixed).detach()
-            out.append(Explanation(stage, spec.layer, name, ex.target.description, ex.last_value, attr))
+            ex = StageExplainer.for_stage(network, spec, name, spacing_mm=spacing_mm, roi_mask=roi_mask, **({"method": method} if method else {}))
+            attr = ex.attribute(moving, fixed)
+            out.append(Explanation(stage, spec.layer, name, ex.target.description, ex.last_value, attr, ex.method))
     return out

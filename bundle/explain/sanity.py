@@ -52,6 +52,8 @@ __all__ = [
     "sanity_report",
 ]
 
+_SEED_OFFSET = 0x5EED  # re-initialisation seeds are offset from the user's seed
+
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two maps over all voxels (ties get average ranks).
@@ -115,7 +117,7 @@ def randomised_copy(
                 raise ValueError("scope 'downstream' needs an example (moving, fixed) to order the modules.")
             modules = _downstream(net, modules, target, call_index, example, bidirectional, synthesis)
     gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    torch.manual_seed(_SEED_OFFSET + seed)  # offset: seed 0 would redraw the weights of a network built after manual_seed(0)
     try:
         for _, m in modules:
             m.reset_parameters()
@@ -181,7 +183,9 @@ def randomisation_check(
         explainer.network, scope, explainer.layer_name, explainer.tap.call_index, (moving, fixed),
         t.needs_backward, t.needs_synthesis, seed,
     )
-    rand = StageExplainer(rand_net, explainer.layer_name, t, explainer.tap.call_index, explainer.batch_group, relu=explainer.relu)
+    rand = StageExplainer(
+        rand_net, explainer.layer_name, t, explainer.tap.call_index, explainer.batch_group, relu=explainer.relu, method=explainer.method
+    )
     rand_attr = rand.attribute(moving, fixed)
     per_item = [spearman(a, b) for a, b in zip(attribution, rand_attr)]
     finite = [v for v in per_item if math.isfinite(v)]
@@ -343,19 +347,20 @@ def bump_displacement(
 
 
 def _default_box(fixed: torch.Tensor) -> list[tuple[int, int]]:
-    """A box of a quarter of each side, centred on the fixed image's intensity centre of mass."""
-    img = fixed[0, 0].detach().float().cpu().clamp_min(0)
-    shape = img.shape
-    axes = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
-    total = float(img.sum()) or 1.0
-    box = []
-    for ax, s in zip(axes, shape):
-        c = float((ax * img).sum()) / total if float(img.sum()) > 0 else (s - 1) / 2
-        side = max(4, s // 4)
-        start = int(round(c - side / 2))
-        start = min(max(start, 0), s - side)
-        box.append((start, start + side))
-    return box
+    """The box, a quarter of each side, holding the most image structure of the (first) fixed image.
+
+    Structure is the summed gradient magnitude inside the box, so that the bump of the
+    localisation case moves visible anatomy rather than flat background.
+    """
+    img = fixed[:1, :1].detach().float().cpu()
+    dims = img.ndim - 2
+    grads = torch.gradient(img[0, 0])
+    mag = torch.sqrt(sum(g**2 for g in grads))[None, None]
+    sides = [max(4, s // 4) for s in img.shape[2:]]
+    pool = torch.nn.functional.avg_pool2d if dims == 2 else torch.nn.functional.avg_pool3d
+    energy = pool(mag, kernel_size=sides, stride=1)[0, 0]
+    start = np.unravel_index(int(torch.argmax(energy)), tuple(energy.shape))
+    return [(int(a), int(a) + side) for a, side in zip(start, sides)]
 
 
 def local_deformation_case(
@@ -416,8 +421,8 @@ def localisation_check(
         explainer: the stage explainer (the deformable stage is the one expected to localise).
         aligned_moving: ``(B, 1, *spatial)`` moving image aligned with ``fixed``.
         fixed: ``(B, 1, *spatial)``.
-        box: ``[(start, stop), ...]`` per axis; default a box of a quarter of each side centred
-            on the fixed image's intensity centre of mass.
+        box: ``[(start, stop), ...]`` per axis; default a box of a quarter of each side where
+            the fixed image has the most structure (summed gradient magnitude).
         amplitude: bump peak displacement (voxels).
         direction: bump direction.
 
@@ -447,6 +452,7 @@ def sanity_report(
     sigma: float = 4.0,
     perturb: str = "both",
     seed: int = 0,
+    method: str | None = None,
 ) -> dict:
     """All three checks for every selected stage and target.
 
@@ -468,6 +474,7 @@ def sanity_report(
         sigma: deletion blur (voxels).
         perturb: images perturbed by deletion.
         seed: seed of every random choice.
+        method: ``"gradcam"`` or ``"hirescam"`` for every stage; ``None`` keeps each stage's.
 
     Returns:
         ``{"settings": {...}, "<stage>": {"<target>": {"value", "randomisation_spearman",
@@ -487,6 +494,7 @@ def sanity_report(
             "settings": {
                 "scope": scope, "fraction": fraction, "n_random": n_random, "sigma": sigma,
                 "perturb": perturb, "seed": seed, "box": [list(map(int, b)) for b in box], "amplitude": amplitude,
+                "method": method,
             }
         }
         targets = dict(targets or {})
@@ -494,13 +502,16 @@ def sanity_report(
             names = targets.get(stage) or default_targets(stage, spec.layer, spacing_mm, roi_mask is not None)
             report[stage] = {}
             for name in expand_target_names(names, dims):
-                ex = StageExplainer(network, spec.layer, name, spec.call_index, spec.batch_group, spacing_mm=spacing_mm, roi_mask=roi_mask)
+                ex = StageExplainer.for_stage(
+                    network, spec, name, spacing_mm=spacing_mm, roi_mask=roi_mask, **({"method": method} if method else {})
+                )
                 attr = ex.attribute(moving, fixed)
                 rnd = randomisation_check(ex, moving, fixed, scope, seed, attribution=attr)
                 dele = deletion_check(ex, moving, fixed, attr, fraction, n_random, sigma, perturb, "voxels", seed)
                 shifted = deletion_check(ex, moving, fixed, attr, fraction, n_random, sigma, perturb, "shifted", seed)
                 loc = localisation_check(ex, aligned_moving, fixed, box, amplitude)
                 report[stage][name] = {
+                    "method": ex.method,
                     "value": dele["value"],
                     "randomisation_spearman": rnd["spearman"],
                     "deletion_ratio": dele["ratio"],

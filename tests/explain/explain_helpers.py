@@ -33,21 +33,40 @@ LR = 1e-3
 _WARP = Warp(mode="bilinear", padding_mode="border")
 
 
-def anatomy(seed: int = 7, size=SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(moving-contrast, fixed-contrast)`` images ``(1, 1, *size)`` of one random anatomy."""
+def anatomy(seed: int = 7, size=SIZE, blobs: int = 7, sigma=(3.0, 8.0), centres=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(moving-contrast, fixed-contrast)`` images ``(1, 1, *size)`` of one random anatomy.
+
+    Args:
+        seed: random seed.
+        size: grid shape.
+        blobs: number of random Gaussian blobs inside the disk.
+        sigma: range of the blob widths (voxels).
+        centres: extra blobs at these centres (width the middle of ``sigma``).
+    """
     g = torch.Generator().manual_seed(seed)
     axes = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in size], indexing="ij")
     centre = [(s - 1) / 2 for s in size]
     r = torch.sqrt(sum(((a - c) / (0.38 * s)) ** 2 for a, c, s in zip(axes, centre, size)))
     disk = torch.sigmoid((1 - r) * 12)
     img = torch.zeros(size)
-    for _ in range(7):
-        c = [cc + (torch.rand(1, generator=g).item() - 0.5) * 0.55 * s for cc, s in zip(centre, size)]
-        sig = 3 + 5 * torch.rand(1, generator=g).item()
+    spots = [[cc + (torch.rand(1, generator=g).item() - 0.5) * 0.55 * s for cc, s in zip(centre, size)] for _ in range(blobs)]
+    widths = [sigma[0] + (sigma[1] - sigma[0]) * torch.rand(1, generator=g).item() for _ in range(blobs)]
+    spots += [list(c) for c in centres]
+    widths += [(sigma[0] + sigma[1]) / 2] * len(centres)
+    for c, sig in zip(spots, widths):
         amp = 0.3 + 0.7 * torch.rand(1, generator=g).item()
         img += amp * torch.exp(-sum((a - ci) ** 2 for a, ci in zip(axes, c)) / (2 * sig**2))
     img = 0.2 + 0.8 * (img - img.min()) / (img.max() - img.min())
     return (disk * img)[None, None], (disk * (1.2 - img))[None, None]
+
+
+def sparse_anatomy() -> tuple[torch.Tensor, torch.Tensor]:
+    """The anatomy of the fitted pairs: three small random blobs and one centred in :data:`BOX`."""
+    centre = tuple((a + b - 1) / 2.0 for a, b in BOX)
+    return anatomy(7, SIZE, blobs=3, sigma=(2.0, 4.0), centres=[centre])
+
+
+ANATOMY = sparse_anatomy
 
 
 def bump(sign: float = 1.0) -> torch.Tensor:
@@ -80,7 +99,7 @@ def fitted_pairs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     ``moving(x) = anatomy(x + h(x))`` with ``h`` = translation + bump; pair 1 is the
     localisation case of ``local_deformation_case(anatomy, BOX)`` exactly.
     """
-    mov_a, fix_a = anatomy()
+    mov_a, fix_a = ANATOMY()
     movs, g_affs, gs = [], [], []
     for tx, ty, s in VARIANTS:
         h = translation(tx, ty) + bump(s)
