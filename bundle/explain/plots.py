@@ -78,7 +78,7 @@ def overlay_figure(path: str | os.PathLike, background: np.ndarray, attribution:
         ax.plot([px], [py], marker="+", color="white", markersize=10, mew=1.5)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
-    fig.subplots_adjust(top=0.74, bottom=0.03, left=0.02, right=0.9, wspace=0.05)
+    fig.subplots_adjust(top=0.74, bottom=0.03, left=0.02, right=0.84 if len(bg_slices) == 1 else 0.9, wspace=0.05)
     fig.colorbar(im, ax=list(axes[0]), fraction=0.03, pad=0.02, label="attribution (normalised)")
     fig.suptitle(f"{title}\npeak at voxel {peak}", fontsize=9)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
