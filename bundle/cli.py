@@ -1,7 +1,8 @@
 """``python -m bundle``: thin convenience commands over the bundle configs.
 
 * ``demo``: generate the embedded sample pair, register it with the shipped model through
-  ``configs/inference.json``, and write a figure (``overview.png``) beside the results.
+  ``configs/inference.json``, write a figure (``overview.png``) beside the results, and
+  explain every stage through ``configs/explain.json`` (``explanations/``).
 * ``register``: the same for user files (``--fixed``, ``--moving``, optional labels).
 """
 
@@ -94,6 +95,10 @@ def demo(output_dir="outputs/demo", sample_dir="sample_data/demo", overwrite=Tru
     metrics = register(
         base / item["fixed"], base / item["moving"], output_dir,
         fixed_label=base / item["fixed_label"], moving_label=base / item["moving_label"], overwrite=overwrite,
+    )
+    run_config(
+        "explain.json", fixed=str(base / item["fixed"]), moving=str(base / item["moving"]),
+        output_dir=str(Path(output_dir) / "explanations"), overwrite=overwrite,
     )
     print(json.dumps({k: metrics[k] for k in ("dice_mean", "folding_percent", "seconds") if k in metrics}, indent=2))
     print(f"outputs in {Path(output_dir).resolve()}")

@@ -1,0 +1,73 @@
+"""Sanity numbers of the shipped model's explanations, and their cost relative to inference.
+
+    python -m benchmarks.explanations --pairs 2 --output outputs/benchmarks/explanations.json
+
+For each held-out sample pair: ``bundle.explain.sanity.sanity_report`` (randomisation Spearman,
+deletion ratio, localisation ratio per stage and scalar), and the wall time of explaining all
+default stages against the time of one inference, both measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bundle.cli import BUNDLE_ROOT
+from bundle.data.sample import ensure_sample_datalist
+from bundle.explain.gradcam import explain_pair
+from bundle.explain.sanity import sanity_report
+from bundle.inference import PairRegistrar, _read_datalist
+
+from .run import _network
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--checkpoint", default=str(BUNDLE_ROOT / "models" / "model.pt"))
+    parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
+    args = parser.parse_args(argv)
+    datalist = ensure_sample_datalist(BUNDLE_ROOT / "sample_data" / "3d", spatial_dims=3, spacing_mm=2.0, n_train=32, n_val=4, n_test=20)
+    registrar = PairRegistrar(_network(3), args.checkpoint)
+    registrar.load_weights()
+    net = registrar.network
+    results = []
+    for item in _read_datalist(datalist, "test")[: args.pairs]:
+        fixed, fa, _, moving, ma = registrar.load_pair(item["fixed"], item["moving"])
+        m, f, _, _ = registrar.to_network_grid(fixed, fa, moving, ma)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net.register(m, f, bidirectional=False, synthesis=False)
+        t_infer = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        maps = explain_pair(net, m, f, spacing_mm=registrar.spacing_mm)
+        t_explain = time.perf_counter() - t0
+        report = sanity_report(net, m, f, spacing_mm=registrar.spacing_mm)
+        results.append({"pair": item["fixed"], "contrast": item.get("contrast"), "seconds_inference": t_infer,
+                        "seconds_explain_all": t_explain, "maps": len(maps), "report": report})
+        print(json.dumps({"pair": item["fixed"], "explain/infer": t_explain / t_infer}), flush=True)
+    summary: dict = {}
+    for r in results:
+        for stage, targets in r["report"].items():
+            if stage == "settings":
+                continue
+            for target, vals in targets.items():
+                entry = summary.setdefault(f"{stage}/{target}", {})
+                for k, v in vals.items():
+                    if isinstance(v, (int, float)):
+                        entry.setdefault(k, []).append(float(v))
+    table = {k: {m: float(np.nanmean(v)) for m, v in d.items()} for k, d in summary.items()}
+    ratio = float(np.mean([r["seconds_explain_all"] / r["seconds_inference"] for r in results]))
+    out = {"pairs": len(results), "explain_over_inference_time": ratio, "mean_per_stage_target": table, "per_pair": results}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
+if __name__ == "__main__":
+    main()
