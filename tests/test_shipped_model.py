@@ -72,3 +72,24 @@ def test_model_beats_identity_on_held_out_pairs(registrar, tmp_path):
     assert full["disp_error_mean_mm"]["mean"] < ident["disp_error_mean_mm"]["mean"]
     assert full["folding_percent"]["mean"] < 0.1
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["pairs"] == 2
+
+
+def test_demo_writes_registration_and_explanations(tmp_path):
+    """The README's main job, end to end, on the embedded sample pair."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bundle", "demo", "--output_dir", str(out), "--sample_dir", str(tmp_path / "sample")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("warped_moving.nii.gz", "ddf_mm.nii.gz", "affine.tfm", "jacobian.nii.gz", "metrics.json", "overview.png"):
+        assert (out / name).is_file(), name
+    expl = out / "explanations"
+    assert (expl / "summary.png").is_file() and (expl / "explanations.json").is_file()
+    maps = list(expl.glob("gradcam_*.nii.gz"))
+    assert len(maps) >= 5 and len(list(expl.glob("gradcam_*.png"))) == len(maps)
+    assert json.loads((out / "metrics.json").read_text())["dice_mean"] > 0.5

@@ -50,4 +50,4 @@ def test_checkpoints_are_weights_only_and_resumable(trained_2d):
     last = sorted(models.glob("last_*.pt"))
     state = torch.load(last[-1], weights_only=True)
     assert {"model", "optimizer", "trainer"} <= set(state)
-    assert state["trainer"]["epoch"] == 30
+    assert state["trainer"]["iteration"] == 30 * 16  # 30 epochs of 16 pairs: resumes at the right epoch
