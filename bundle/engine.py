@@ -15,20 +15,9 @@ from torch.nn import functional as F
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 
-from .metrics import warp_labels
+from .metrics import one_hot_labels, warp_labels
 
-__all__ = ["RegistrationTrainer", "RegistrationEvaluator", "one_hot_labels"]
-
-
-def one_hot_labels(label: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
-    """``(B, 1, *S)`` integer labels -> ``(B, 1 + len(labels), *S)`` one-hot, background first."""
-    lab = label.round().long()
-    out = [torch.ones_like(lab, dtype=torch.float32)]
-    for v in labels:
-        out.append((lab == v).float())
-    out = torch.cat(out, dim=1)
-    out[:, :1] = 1.0 - out[:, 1:].sum(dim=1, keepdim=True).clamp(max=1)
-    return out
+__all__ = ["RegistrationTrainer", "RegistrationEvaluator"]
 
 
 def _pair(batch: dict, device, non_blocking: bool, keys: Sequence[str]) -> list[torch.Tensor]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .inference import PairRegistrar, _load_label, _read_datalist, _warp_label_world
+from .data.validation import load_checked_label
+from .inference import PairRegistrar, _read_datalist, _warp_label_world
 from .io import atomic_write, load_displacement
 from .metrics import registration_metrics
 from .resample import grid_world_points, spatial_affine
@@ -47,9 +48,9 @@ class PairData:
         self.item = item
         self.fixed, self.fixed_affine, self.fixed_affine4, self.moving, self.moving_affine = registrar.load_pair(item["fixed"], item["moving"])
         dims = self.fixed.ndim
-        self.fixed_label = _load_label(item["fixed_label"], dims)
-        self.moving_label = _load_label(item["moving_label"], dims)
-        self.moving_label_affine = spatial_affine(_affine_of(item["moving_label"]), dims)
+        self.fixed_label, _ = load_checked_label(item["fixed_label"], dims)
+        self.moving_label, moving_label_affine = load_checked_label(item["moving_label"], dims)
+        self.moving_label_affine = spatial_affine(moving_label_affine, dims)
         self.gt = torch.from_numpy(load_displacement(item["gt_ddf"])[0])[None] if item.get("gt_ddf") else None
 
     def score(self, ddf_mm: np.ndarray, warped: np.ndarray, labels: Sequence[int] = (1, 2, 3)) -> dict:
@@ -88,12 +89,6 @@ def evaluate_pair(registrar: PairRegistrar, item: dict, methods: Sequence[str] =
         seconds = time.perf_counter() - t0
         rows.append(pair.row(method, pair.score(res["ddf_mm"], res["warped"], labels), seconds))
     return rows
-
-
-def _affine_of(path) -> np.ndarray:
-    import nibabel as nib
-
-    return nib.load(str(path)).affine
 
 
 def summarise(rows: list[dict]) -> dict:

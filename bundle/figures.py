@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
-__all__ = ["middle_slice", "draw_grid", "pair_figure"]
+__all__ = ["middle_slice", "inplane_field", "draw_grid", "pair_figure"]
 
 
 def middle_slice(volume: np.ndarray, axis: int = 2, index: int | None = None) -> np.ndarray:
@@ -23,6 +23,12 @@ def middle_slice(volume: np.ndarray, axis: int = 2, index: int | None = None) ->
         return volume.T
     index = volume.shape[axis] // 2 if index is None else index
     return np.take(volume, index, axis=axis).T
+
+
+def inplane_field(ddf: np.ndarray) -> np.ndarray:
+    """The in-plane ``(2, X, Y)`` components of a DDF at the slice :func:`middle_slice` shows."""
+    ddf = np.asarray(ddf)
+    return ddf[:2] if ddf.shape[0] == 2 else ddf[:2, :, :, ddf.shape[3] // 2]
 
 
 def draw_grid(ax, ddf_2d: np.ndarray, step: int = 4, color: str = "yellow") -> None:
@@ -66,10 +72,9 @@ def pair_figure(
         axes[k].set_title(name, fontsize=9)
         k += 1
     if ddf is not None:
-        ddf = np.asarray(ddf)
-        inplane = ddf[:2] if ddf.shape[0] == 2 else ddf[:2, :, :, ddf.shape[3] // 2]
+        inplane = inplane_field(ddf)
         axes[k].imshow(middle_slice(panels[0][1]), cmap="gray", origin="lower")
-        draw_grid(axes[k], inplane.transpose(0, 1, 2)[[0, 1]], step=max(2, inplane.shape[1] // 24))
+        draw_grid(axes[k], inplane, step=max(2, inplane.shape[1] // 24))
         axes[k].set_title("deformation grid", fontsize=9)
     for ax in axes:
         ax.axis("off")

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data.validation import check_label_grid, load_checked_image
-from .io import save_displacement, save_image, save_itk_affine
+from .data.validation import check_label_grid, load_checked_image, load_checked_label
+from .io import save_displacement, save_image, save_itk_affine, staged_output_dir
 from .metrics import dice_per_label, folding_percent, jacobian_determinant
 from .networks.affine_head import centered_grid
 from .resample import grid_world_points, ras_grid_for, sample_at_world, spatial_affine
@@ -213,9 +211,7 @@ class PairRegistrar:
             "theta": res["theta"].tolist(),
             "seconds": {"load": t_load, **res["seconds"]},
         }
-        output_dir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
-        try:
+        with staged_output_dir(output_dir) as stage:
             t1 = time.perf_counter()
             save_image(stage / "warped_moving.nii.gz", res["warped"], fixed_aff4)
             save_displacement(stage / "ddf_mm.nii.gz", res["ddf_voxel"], fixed_aff4)
@@ -223,12 +219,12 @@ class PairRegistrar:
             mat, trans = _itk_affine_from_theta(res["theta"], res["net_affine"], res["net_shape"])
             save_itk_affine(stage / "affine.tfm", mat, trans)
             if moving_label is not None:
-                lab = _load_label(moving_label, self.dims)
+                lab, _ = load_checked_label(moving_label, self.dims)
                 pts = grid_world_points(fixed_aff, fixed.shape, dtype=torch.float64) + torch.from_numpy(res["ddf_mm"])
                 warped_lab = _warp_label_world(lab, moving_aff, pts)
                 save_image(stage / "warped_moving_label.nii.gz", warped_lab, fixed_aff4, dtype=np.uint8)
                 if fixed_label is not None:
-                    flab = _load_label(fixed_label, self.dims)
+                    flab, _ = load_checked_label(fixed_label, self.dims)
                     labels = sorted(int(v) for v in np.unique(flab) if v != 0)
                     dice = dice_per_label(torch.from_numpy(warped_lab)[None, None], torch.from_numpy(flab)[None, None], labels)[0]
                     metrics["dice"] = {str(k): float(v) for k, v in zip(labels, dice)}
@@ -237,10 +233,6 @@ class PairRegistrar:
             metrics["seconds"]["total"] = time.perf_counter() - t0
             with open(stage / "metrics.json", "w") as fh:
                 json.dump(metrics, fh, indent=2)
-            for item in sorted(stage.iterdir()):
-                os.replace(item, output_dir / item.name)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
         return metrics
 
     def run(self, fixed=None, moving=None, output_dir=None, datalist=None, section: str = "test", fixed_label=None, moving_label=None) -> list[dict]:
@@ -265,15 +257,6 @@ class PairRegistrar:
         if fixed is None or moving is None:
             raise ValueError("give --fixed and --moving, or --datalist")
         return [self.register_files(fixed, moving, output_dir, fixed_label, moving_label)]
-
-
-def _load_label(path, dims):
-    from .data.validation import _check_dims, _read, check_label_array
-
-    array, affine = _read(path)
-    array = _check_dims(array, str(path), dims)
-    check_label_array(array, str(path))
-    return np.rint(array).astype(np.int64)
 
 
 def _warp_label_world(label: np.ndarray, label_affine: np.ndarray, points: torch.Tensor) -> np.ndarray:

@@ -15,7 +15,9 @@ Conventions used across the project:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "atomic_write",
+    "staged_output_dir",
     "save_image",
     "save_displacement",
     "load_displacement",
@@ -53,6 +56,24 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+@contextmanager
+def staged_output_dir(output_dir: str | os.PathLike):
+    """Yield a hidden staging folder inside ``output_dir``; on success move its files into place.
+
+    On any failure the staging folder is removed and ``output_dir`` gains no file, so a
+    result set is either complete or absent.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            os.replace(item, output_dir / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def save_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, dtype=np.float32) -> Path:

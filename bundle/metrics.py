@@ -34,6 +34,7 @@ __all__ = [
     "displacement_error_mm",
     "normalized_mutual_information",
     "spacing_from_affine",
+    "one_hot_labels",
     "warp_labels",
     "registration_metrics",
 ]
@@ -59,8 +60,8 @@ def _as_int_labels(label: torch.Tensor) -> torch.Tensor:
     return label.long()
 
 
-def _one_hot_with_background(label: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
-    """``(B, 1, *S)`` label map -> ``(B, 1 + n, *S)`` float one-hot, channel 0 = none of ``labels``."""
+def one_hot_labels(label: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """``(B, 1, *S)`` integer label map -> ``(B, 1 + n, *S)`` float one-hot, channel 0 = none of ``labels``."""
     fg = torch.cat([label == int(v) for v in labels], dim=1).float()
     bg = 1.0 - fg.sum(dim=1, keepdim=True).clamp(max=1.0)
     return torch.cat([bg, fg], dim=1)
@@ -178,8 +179,8 @@ def dice_per_label(
     _check_label_pair(pred_label, target_label)
     if len(labels) == 0:
         raise ValueError("labels must not be empty")
-    pred = _one_hot_with_background(_as_int_labels(pred_label), labels)
-    target = _one_hot_with_background(_as_int_labels(target_label), labels).to(pred.device)
+    pred = one_hot_labels(_as_int_labels(pred_label), labels)
+    target = one_hot_labels(_as_int_labels(target_label), labels).to(pred.device)
     # ignore_empty=False: empty target -> 1 if the prediction is empty too, else 0.
     dice = compute_dice(pred, target, include_background=False, ignore_empty=False)
     both_empty = (pred[:, 1:].flatten(2).sum(-1) == 0) & (target[:, 1:].flatten(2).sum(-1) == 0)
@@ -239,8 +240,8 @@ def hd95_per_label(
             spacing = [float(v) for v in sp]
         else:
             raise ValueError(f"expected a scalar spacing or {dims} values, got spacing of shape {sp.shape}")
-    pred = _one_hot_with_background(_as_int_labels(pred_label).cpu(), labels)
-    target = _one_hot_with_background(_as_int_labels(target_label).cpu(), labels)
+    pred = one_hot_labels(_as_int_labels(pred_label).cpu(), labels)
+    target = one_hot_labels(_as_int_labels(target_label).cpu(), labels)
     hd = compute_hausdorff_distance(pred, target, include_background=False, percentile=95, spacing=spacing)
     return hd.to(pred_label.device)
 
@@ -477,7 +478,7 @@ def warp_labels(
         raise ValueError(f"Warp supports 2D and 3D only, got ddf of shape {tuple(ddf.shape)}")
     values = [0] + [int(v) for v in labels if int(v) != 0]
     ddf = _float(ddf)
-    one_hot = _one_hot_with_background(_as_int_labels(label).to(ddf.device), values[1:]).to(ddf.dtype)
+    one_hot = one_hot_labels(_as_int_labels(label).to(ddf.device), values[1:]).to(ddf.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
         warp = Warp(mode="bilinear", padding_mode=padding_mode)

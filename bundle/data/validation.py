@@ -7,7 +7,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-__all__ = ["load_checked_image", "check_image_array", "check_label_array", "check_label_grid"]
+__all__ = ["load_checked_image", "load_checked_label", "check_image_array", "check_label_array", "check_label_grid"]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -127,6 +127,21 @@ def load_checked_image(
     array = _check_dims(array, str(path), expected_dims)
     check_image_array(array, str(path))
     return array, affine
+
+
+def load_checked_label(path: str | os.PathLike, expected_dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a label map and check it is a single 2D/3D volume of integer labels.
+
+    Returns:
+        (int64 spatial-first array, 4x4 affine).
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file, as :func:`load_checked_image`.
+    """
+    array, affine = _read(path)
+    array = _check_dims(array, str(path), expected_dims)
+    check_label_array(array, str(path))
+    return np.rint(array).astype(np.int64), affine
 
 
 def check_label_grid(image_path: str | os.PathLike, label_path: str | os.PathLike, atol: float = 1e-3) -> None:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..figures import draw_grid  # noqa: E402
+from ..figures import draw_grid, inplane_field  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
 __all__ = ["normalise_array", "peak_voxel", "overlay_figure", "summary_figure"]
@@ -119,7 +119,6 @@ def summary_figure(
         title: figure title.
         columns: panels per row.
     """
-    ddf = np.asarray(ddf)
     n = 4 + len(maps)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
@@ -129,7 +128,7 @@ def summary_figure(
     for ax, (name, img) in zip(flat, (("fixed", fixed), ("moving (on fixed grid)", moving), ("warped moving", warped))):
         _background(ax, _axial(img))
         ax.set_title(name, fontsize=8)
-    inplane = ddf[:2] if ddf.shape[0] == 2 else ddf[:2, :, :, ddf.shape[3] // 2]
+    inplane = inplane_field(ddf)
     _background(flat[3], fx)
     draw_grid(flat[3], inplane, step=max(2, inplane.shape[1] // 24))
     flat[3].set_title("deformation grid", fontsize=8)

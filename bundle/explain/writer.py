@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +27,7 @@ from torch import nn
 
 from ..data.validation import _check_dims, _read
 from ..inference import PairRegistrar, _read_datalist
-from ..io import save_image
+from ..io import save_image, staged_output_dir
 from ..resample import grid_world_points, sample_at_world, spatial_affine
 from .gradcam import explain_pair, stage_specs
 from .plots import overlay_figure, peak_voxel, summary_figure
@@ -150,9 +148,7 @@ class ExplanationWriter:
             "maps": [],
             "seconds": {"load": t1 - t0, "explain": t2 - t1},
         }
-        output_dir.mkdir(parents=True, exist_ok=True)
-        stage_dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
-        try:
+        with staged_output_dir(output_dir) as stage_dir:
             t3 = time.perf_counter()
             panels = []
             for ex, arr in maps:
@@ -184,10 +180,6 @@ class ExplanationWriter:
             summary["seconds"]["total"] = time.perf_counter() - t0
             with open(stage_dir / "explanations.json", "w") as fh:
                 json.dump(summary, fh, indent=2)
-            for item in sorted(stage_dir.iterdir()):
-                os.replace(item, output_dir / item.name)
-        finally:
-            shutil.rmtree(stage_dir, ignore_errors=True)
         return summary
 
     def run(self, fixed=None, moving=None, output_dir=None, datalist=None, section: str = "test", roi_mask=None) -> list[dict]:
