@@ -135,3 +135,108 @@ def test_label_on_another_grid_is_refused(case, tmp_path):
         )
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
     assert not out.exists() or not any(out.iterdir())
+
+
+# -- datalists -------------------------------------------------------------------------------
+DATALIST_EXPECTED = {
+    "not_json": "unreadable datalist, not JSON",
+    "missing": "datalist not found",
+    "missing_keys": "item 1 of 'test' lacks key(s) ['moving']",
+}
+
+
+@pytest.fixture(scope="module")
+def datalists(case):
+    """Broken datalists: not JSON, absent, and one whose second item lacks ``moving``."""
+    root = case["root"]
+    (root / "not_json.json").write_text("{'test': [")
+    good = {"fixed": str(case["fixed"]), "moving": str(case["moving"])}
+    (root / "missing_keys.json").write_text(json.dumps({"test": [good, {"fixed": str(case["fixed"])}]}))
+    return {"not_json": root / "not_json.json", "missing": root / "no_datalist.json", "missing_keys": root / "missing_keys.json"}
+
+
+def _assert_one_line_error(proc, path, expected, out):
+    """Non-zero exit, last stderr line ``error: <path>: ...expected...``, no traceback, no outputs."""
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: ") and expected in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+@pytest.mark.parametrize("kind", sorted(DATALIST_EXPECTED))
+def test_bundle_run_rejects_bad_datalist(case, datalists, config, kind, tmp_path):
+    out = tmp_path / "out"
+    proc = run_bundle("run", "--config_file", f"configs/{config}", "--checkpoint", str(case["ckpt"]),
+                      "--datalist", str(datalists[kind]), "--output_dir", str(out), check=False)
+    _assert_one_line_error(proc, datalists[kind], DATALIST_EXPECTED[kind], out)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("\xff not text", "unreadable datalist, not JSON"),
+        ("[1, 2]", "datalist has no 'test' section"),
+        ('{"training": []}', "datalist has no 'test' section"),
+        ('{"test": []}', "is not a non-empty list of items"),
+        ('{"test": {"fixed": "a"}}', "is not a non-empty list of items"),
+        ('{"test": [3]}', "item 0 of 'test' lacks key(s) ['fixed', 'moving']"),
+    ],
+)
+def test_malformed_datalist_is_one_line_error(case, content, expected, tmp_path):
+    from bundle.inference import PairRegistrar
+    from test_bundle import network_from_config
+
+    path = tmp_path / "datalist.json"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(ValueError) as exc:
+        PairRegistrar(network_from_config(3), case["ckpt"]).run(datalist=path, output_dir=tmp_path / "out")
+    assert str(exc.value).startswith(f"{path}: ") and expected in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_datalist_naming_a_missing_image_writes_nothing(case, tmp_path):
+    """Item 1 names a missing file: refused before pair 0 is registered, so no partial results."""
+    from bundle.inference import PairRegistrar
+    from test_bundle import network_from_config
+
+    good = {"fixed": str(case["fixed"]), "moving": str(case["moving"])}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"test": [good, {**good, "moving": str(case["bad"]["missing"])}]}))
+    with pytest.raises(FileNotFoundError, match="file not found") as exc:
+        PairRegistrar(network_from_config(3), case["ckpt"]).run(datalist=path, output_dir=tmp_path / "out")
+    assert str(exc.value).startswith(f"{case['bad']['missing']}: ") and str(path) in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_datalist_without_labels_is_refused(case, tmp_path):
+    from bundle.evaluate import evaluate_datalist
+    from bundle.inference import PairRegistrar
+    from test_bundle import network_from_config
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"test": [{"fixed": str(case["fixed"]), "moving": str(case["moving"])}]}))
+    with pytest.raises(ValueError, match=r"lacks key\(s\) \['fixed_label', 'moving_label'\]") as exc:
+        evaluate_datalist(PairRegistrar(network_from_config(3), case["ckpt"]), path, tmp_path / "out")
+    assert str(exc.value).startswith(f"{path}: ")
+    assert not (tmp_path / "out").exists()
+
+
+# -- dimensionality at the bundle interface ----------------------------------------------------
+def test_bundle_run_rejects_2d_image_for_3d_model(case, tmp_path):
+    out = tmp_path / "out"
+    proc = run_bundle("run", "--config_file", "configs/inference.json", "--checkpoint", str(case["ckpt"]),
+                      "--fixed", str(case["fixed"]), "--moving", str(case["bad"]["two_d"]), "--output_dir", str(out), check=False)
+    _assert_one_line_error(proc, case["bad"]["two_d"], "2D image of shape", out)
+    assert "expected 3D" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_bundle_run_rejects_3d_image_for_2d_model(case, tmp_path):
+    ckpt = tmp_path / "model2d.pt"
+    _random_checkpoint(ckpt, 2)
+    out = tmp_path / "out"
+    proc = run_bundle("run", "--config_file", "configs/inference.json", "--spatial_dims", "2", "--checkpoint", str(ckpt),
+                      "--fixed", str(case["bad"]["two_d"]), "--moving", str(case["moving"]), "--output_dir", str(out), check=False)
+    _assert_one_line_error(proc, case["moving"], "3D image of shape", out)
+    assert "expected 2D" in proc.stderr.strip().splitlines()[-1]
