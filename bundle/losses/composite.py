@@ -5,15 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from monai.losses import (
-    BendingEnergyLoss,
-    DiffusionLoss,
-    GlobalMutualInformationLoss,
-    LocalNormalizedCrossCorrelationLoss,
-)
+from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 
-from .networks.regnet import RegistrationOutput, StageResult
+from ..networks.regnet import RegistrationOutput, StageResult
+from .mutual_information import SparseMutualInformationLoss
+from .regularisers import BendingEnergy, Diffusion
 
 __all__ = ["RegistrationLoss", "inverse_consistency_error"]
 
@@ -34,14 +31,16 @@ class RegistrationLoss(nn.Module):
     Terms (summed over both directions when the output has a backward direction):
 
     * ``similarity``: cross-modality alignment of the warped source with the target;
-      ``"mi"``: MONAI ``GlobalMutualInformationLoss`` on the intensities (inputs clamped
-      to [0, 1]); ``"lncc"``: MONAI LNCC (rectangular window) between the *synthesised*,
+      ``"mi"``: Mattes mutual information on the intensities (inputs clamped to [0, 1]),
+      :class:`SparseMutualInformationLoss`, MONAI's B-spline ``GlobalMutualInformationLoss``
+      computed sparsely; ``"lncc"``: MONAI LNCC (rectangular window) between the *synthesised*,
       warped source (already in the target's contrast) and the target.
     * ``synthesis``: L1 between the synthesised, warped source and the target; trains the
       decoders to render the other contrast.
     * ``cycle``: L1 of each image against its synthesis cycle (A -> B -> A).
     * ``inverse``: :func:`inverse_consistency_error` of the two composed fields.
-    * ``smoothness``: MONAI ``DiffusionLoss`` or ``BendingEnergyLoss`` of the deformable field.
+    * ``smoothness``: diffusion or bending energy of the deformable field (:class:`Diffusion`,
+      :class:`BendingEnergy`: MONAI's ``DiffusionLoss``/``BendingEnergyLoss`` values, fused).
 
     Image terms are evaluated after ``downsample`` 2x average-poolings, which keeps MI
     affordable on 3D volumes at 2 mm.
@@ -81,9 +80,9 @@ class RegistrationLoss(nn.Module):
         self.similarity = similarity
         self.weights = {**self.default_weights, **(weights or {})}
         self.downsample = int(downsample)
-        self.mi = GlobalMutualInformationLoss(kernel_type="b-spline", num_bins=num_bins)
+        self.mi = SparseMutualInformationLoss(num_bins=num_bins)
         self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims, kernel_size=lncc_kernel_size, kernel_type="rectangular")
-        self.regulariser = DiffusionLoss() if smoothness == "diffusion" else BendingEnergyLoss()
+        self.regulariser = Diffusion() if smoothness == "diffusion" else BendingEnergy()
         self.warp = Warp(mode="bilinear", padding_mode="border")
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
