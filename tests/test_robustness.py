@@ -1,0 +1,141 @@
+"""Robustness: valid oddities of the input files, resumable training, reproducible results."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+MODEL = ROOT / "models" / "model.pt"
+SHIFT_MM = np.array([6.0, 0.0, 0.0])  # RAS mm, in-plane (the shipped model does not recover z shifts, docs/README.md)
+VOXEL_MM = 2.0
+
+
+# -- a known physical shift, stored in another orientation ------------------------------------
+def _rot_z(degrees: float) -> np.ndarray:
+    r = np.deg2rad(degrees)
+    return np.array([[np.cos(r), -np.sin(r), 0.0], [np.sin(r), np.cos(r), 0.0], [0.0, 0.0, 1.0]])
+
+
+def _covering_grid(affine, shape, spacing, degrees: float, margin: float = 1.15):
+    """A grid rotated about z with anisotropic ``spacing`` covering an image's field of view."""
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
+    world = affine[:3, :3] @ corners + affine[:3, 3:]
+    centre, extent = world.mean(1), (world.max(1) - world.min(1)) * margin
+    n = np.ceil(extent / np.asarray(spacing)).astype(int) + 1
+    out = np.eye(4)
+    out[:3, :3] = _rot_z(degrees) @ np.diag(spacing)
+    out[:3, 3] = centre - out[:3, :3] @ ((n - 1) / 2.0)
+    return out, tuple(int(v) for v in n)
+
+
+def _lps_voxel_order(array: np.ndarray, affine: np.ndarray):
+    """Reverse the first two voxel axes and compensate in the affine: same physical image."""
+    flip = np.eye(4)
+    flip[0, 0] = flip[1, 1] = -1.0
+    flip[:2, 3] = np.array(array.shape[:2]) - 1
+    return array[::-1, ::-1].copy(), affine @ flip
+
+
+def _render_shifted(image, affine, shift_mm, grid_affine, grid_shape) -> np.ndarray:
+    """``image`` translated physically by ``shift_mm``, sampled on another grid: ``out(p) = image(p - shift)``."""
+    from bundle.resample import grid_world_points, sample_at_world
+
+    pts = grid_world_points(grid_affine, grid_shape, dtype=torch.float64)
+    pts = pts - torch.as_tensor(shift_mm, dtype=torch.float64).reshape(3, 1, 1, 1)
+    return sample_at_world(torch.from_numpy(np.asarray(image, dtype=np.float64))[None], affine, pts)[0].numpy()
+
+
+def _moving_variants(t2, affine, shift_mm) -> dict:
+    """The shifted T2 as a plain RAS float copy and as an LPS-ordered, oblique, anisotropic int16 file."""
+    to_ras = np.eye(4)
+    to_ras[0, 0], to_ras[0, 3] = -1.0, t2.shape[0] - 1
+    ras_affine = affine @ to_ras if affine[0, 0] < 0 else affine
+    ras = _render_shifted(t2, affine, shift_mm, ras_affine, t2.shape).astype(np.float32)
+    grid_affine, grid_shape = _covering_grid(affine, t2.shape, (1.5, 2.5, 3.0), 10.0)
+    odd = _render_shifted(t2, affine, shift_mm, grid_affine, grid_shape)
+    odd = np.round(odd / odd.max() * 3000).astype(np.int16)
+    return {"ras": (ras, ras_affine), "lps_oblique_int16": _lps_voxel_order(odd, grid_affine)}
+
+
+def _ddf_ras_mm(path, shape) -> np.ndarray:
+    """``ddf_mm.nii.gz`` (ITK vector image, LPS mm components) as RAS mm, ``(*shape, 3)``."""
+    ddf = np.asarray(nib.load(path).dataobj, dtype=np.float64).reshape(*shape, 3)
+    ddf[..., :2] *= -1.0  # LPS -> RAS
+    return ddf
+
+
+@pytest.fixture(scope="module")
+def shifted_results(tmp_path_factory):
+    """Register each moving variant to the T1 template with the shipped model; recovered mean shifts."""
+    from bundle.data.templates import load_spm_templates
+    from bundle.inference import PairRegistrar
+    from test_bundle import network_from_config
+
+    t = load_spm_templates()
+    root = tmp_path_factory.mktemp("shift")
+    fixed = root / "fixed.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(t.t1), t.affine), fixed)
+    brain = (np.asarray(t.grey) + np.asarray(t.white)) > 0.5
+    registrar = PairRegistrar(network_from_config(3), MODEL)
+    results = {}
+    for name, (array, affine) in _moving_variants(np.asarray(t.t2), t.affine, SHIFT_MM).items():
+        moving = root / f"moving_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), moving)
+        registrar.run(fixed=fixed, moving=moving, output_dir=root / name)
+        mean = _ddf_ras_mm(root / name / "ddf_mm.nii.gz", brain.shape)[brain].mean(0)
+        results[name] = {"mean_mm": mean, "out": root / name}
+    return {"fixed_affine": t.affine, "shape": brain.shape, "results": results}
+
+
+def test_variant_files_are_what_they_claim(tmp_path):
+    """The odd copy really is LPS-ordered, oblique, anisotropic and integer."""
+    from bundle.data.templates import load_spm_templates
+
+    t = load_spm_templates()
+    array, affine = _moving_variants(np.asarray(t.t2), t.affine, SHIFT_MM)["lps_oblique_int16"]
+    assert array.dtype == np.int16
+    assert nib.aff2axcodes(affine)[:2] == ("L", "P")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    np.testing.assert_allclose(spacing, [1.5, 2.5, 3.0])
+    cosines = affine[:3, :3] / spacing
+    assert abs(np.degrees(np.arccos(abs(cosines[0, 0]))) - 10.0) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["ras", "lps_oblique_int16"])
+def test_in_plane_shift_recovered_in_any_orientation(shifted_results, name):
+    """x and y of the mean displacement in the brain within 1 voxel of the truth (measured: x +0.1/+0.2, y +1.5/+1.6 mm)."""
+    res = shifted_results["results"][name]
+    error = res["mean_mm"] - SHIFT_MM
+    assert np.all(np.abs(error[:2]) < VOXEL_MM), (name, res["mean_mm"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="shipped model under-trained: with a 6 mm x shift the recovered mean is (6.1, 1.5, 1.4) mm "
+    "(RAS copy) and (6.2, 1.6, 1.5) mm (LPS oblique int16), 2.0 and 2.1 mm from the truth; "
+    "the same +1.1 mm y / +1.3 mm z bias is there with no shift at all",
+)
+@pytest.mark.parametrize("name", ["ras", "lps_oblique_int16"])
+def test_shift_vector_recovered_within_one_voxel(shifted_results, name):
+    mean = shifted_results["results"][name]["mean_mm"]
+    assert np.linalg.norm(mean - SHIFT_MM) < VOXEL_MM, mean
+
+
+def test_orientations_agree(shifted_results):
+    """Same physical input, different storage: same answer (measured: within 0.15 mm)."""
+    res = shifted_results["results"]
+    diff = res["ras"]["mean_mm"] - res["lps_oblique_int16"]["mean_mm"]
+    assert np.all(np.abs(diff) < 0.25 * VOXEL_MM), diff
+
+
+@pytest.mark.parametrize("name", ["ras", "lps_oblique_int16"])
+def test_outputs_carry_the_fixed_grid(shifted_results, name):
+    out = shifted_results["results"][name]["out"]
+    for fname in ("warped_moving.nii.gz", "ddf_mm.nii.gz", "jacobian.nii.gz"):
+        img = nib.load(out / fname)
+        assert img.shape[:3] == shifted_results["shape"], fname
+        np.testing.assert_allclose(img.affine, shifted_results["fixed_affine"], atol=1e-5, err_msg=fname)
