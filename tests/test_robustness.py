@@ -139,3 +139,83 @@ def test_outputs_carry_the_fixed_grid(shifted_results, name):
         img = nib.load(out / fname)
         assert img.shape[:3] == shifted_results["shape"], fname
         np.testing.assert_allclose(img.affine, shifted_results["fixed_affine"], atol=1e-5, err_msg=fname)
+
+
+# -- training killed mid-run resumes -----------------------------------------------------------
+ITERS_PER_EPOCH = 8  # sample_2d: 8 training pairs, batch size 1
+
+
+def _train_command(datalist, root, epochs: int, *extra: str) -> list[str]:
+    """The user's 2D training command (``configs/train.json``), validation off to keep it short."""
+    import sys
+
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--spatial_dims", "2",
+        "--datalist_file", str(datalist), "--ckpt_dir", str(root / "ckpt"), "--output_dir", str(root / "out"),
+        "--train#trainer#max_epochs", str(epochs), "--val_interval", "1000", *extra,
+    ]
+
+
+def _start(command, log):
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _epoch_checkpoints(ckpt_dir) -> dict[int, object]:
+    import re
+
+    found = {}
+    for p in ckpt_dir.glob("last_checkpoint_epoch=*.pt"):
+        found[int(re.search(r"epoch=(\d+)", p.name).group(1))] = p
+    return found
+
+
+def _kill_after_checkpoint(proc, ckpt_dir, min_epoch: int = 1, timeout: float = 120.0) -> None:
+    """Wait for an epoch checkpoint >= ``min_epoch``, then SIGTERM (SIGKILL after 5 s)."""
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not any(e >= min_epoch for e in _epoch_checkpoints(ckpt_dir)):
+        assert proc.poll() is None, f"training ended (code {proc.returncode}) before a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _logged_iterations(log) -> list[tuple[int, int]]:
+    """``(epoch, iteration in epoch)`` of every iteration the StatsHandler logged."""
+    import re
+
+    return [(int(e), int(i)) for e, i in re.findall(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ --", log.read_text())]
+
+
+def test_killed_training_resumes_where_it_stopped(sample_2d, tmp_path):
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    proc = _start(_train_command(sample_2d, tmp_path, 4), first)
+    _kill_after_checkpoint(proc, tmp_path / "ckpt")
+    assert proc.returncode != 0, "the first run was meant to be killed"
+    resumed = max(_epoch_checkpoints(tmp_path / "ckpt"))
+    done = _logged_iterations(first)
+    lost = (done[-1][0] - 1) * ITERS_PER_EPOCH + done[-1][1] - resumed * ITERS_PER_EPOCH
+    assert 0 <= lost <= ITERS_PER_EPOCH, (done[-1], resumed)  # at most one checkpoint interval
+
+    proc = _start(_train_command(sample_2d, tmp_path, 5), second)
+    assert proc.wait(timeout=300) == 0, second.read_text()[-3000:]
+    assert f"last_checkpoint_epoch={resumed}.pt" in second.read_text()  # "Restored all variables from ..."
+    again = _logged_iterations(second)
+    assert again[0] == (resumed + 1, 1) and len(again) == (5 - resumed) * ITERS_PER_EPOCH, (again[:2], len(again))
+
+    state = torch.load(tmp_path / "ckpt" / f"last_checkpoint_final_iteration={5 * ITERS_PER_EPOCH}.pt", weights_only=True)
+    trainer = state["trainer"]
+    assert trainer["max_epochs"] == 5 and trainer["iteration"] == 5 * ITERS_PER_EPOCH
+    steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {5.0 * ITERS_PER_EPOCH}, steps  # Adam's moments were restored, not restarted
