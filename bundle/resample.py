@@ -58,13 +58,17 @@ def sample_at_world(
     dims = points.shape[0]
     if image.ndim != dims + 1:
         raise ValueError(f"image must be (C, *spatial) with {dims} spatial dims, got {tuple(image.shape)}.")
-    inv = torch.as_tensor(np.linalg.inv(image_affine), dtype=torch.float64)
-    pts = points.to(torch.float64)
-    idx = torch.einsum("ij,j...->i...", inv[:dims, :dims], pts) + inv[:dims, dims].reshape(dims, *([1] * dims))
-    size = torch.as_tensor(image.shape[1:], dtype=torch.float64).reshape(dims, *([1] * dims))
-    norm = 2.0 * idx / torch.clamp(size - 1, min=1) - 1.0
-    grid = norm.flip(0).permute(*range(1, dims + 1), 0).unsqueeze(0).to(image.dtype)  # (1, *T, dims), x fastest
-    out = F.grid_sample(image.unsqueeze(0), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # one affine map: world -> voxel index -> grid_sample's [-1, 1] coordinates, x (last axis) first
+    size = np.asarray(image.shape[1:], dtype=np.float64)
+    to_unit = np.diag(np.append(2.0 / np.maximum(size - 1, 1), 1.0))
+    to_unit[:dims, dims] = -1.0
+    world_to_grid = (to_unit @ np.linalg.inv(image_affine))[:dims][::-1]
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    m = torch.as_tensor(world_to_grid.copy(), dtype=dtype)
+    flat = points.reshape(dims, -1).to(dtype)
+    grid = torch.addmm(m[:, dims], flat.T, m[:, :dims].T)  # (N, dims), channel-last as grid_sample wants
+    grid = grid.reshape(1, *points.shape[1:], dims)
+    out = F.grid_sample(image.unsqueeze(0).to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return out[0]
 
 
