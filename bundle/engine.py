@@ -105,19 +105,31 @@ class RegistrationEvaluator(SupervisedEvaluator):
 
 
 def attach_resume(trainer, ckpt_dir: str, load_dict: dict, pattern: str = "last_*.pt", map_location=None) -> str | None:
-    """Resume ``trainer`` from the newest checkpoint matching ``ckpt_dir/pattern``, if any.
+    """Resume ``trainer`` from the newest readable checkpoint matching ``ckpt_dir/pattern``, if any.
 
     Restores every object of ``load_dict`` (model, optimiser, trainer state: epoch and
     iteration counters) with MONAI's ``CheckpointLoader``, which loads with
-    ``weights_only=True``. Returns the checkpoint path or ``None`` when starting fresh.
+    ``weights_only=True``. A checkpoint that cannot be read (torn by a kill during its
+    write) is skipped with a warning in favour of the next newest. Returns the checkpoint
+    path or ``None`` when starting fresh.
     """
     import glob
+    import logging
     import os
 
     from monai.handlers import CheckpointLoader
 
-    found = sorted(glob.glob(os.path.join(ckpt_dir, pattern)), key=os.path.getmtime)
-    if not found:
-        return None
-    CheckpointLoader(load_path=found[-1], load_dict=load_dict, map_location=map_location).attach(trainer)
-    return found[-1]
+    for path in sorted(glob.glob(os.path.join(ckpt_dir, pattern)), key=os.path.getmtime, reverse=True):
+        if _readable_checkpoint(path):
+            CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(trainer)
+            return path
+        logging.getLogger(__name__).warning(f"{path}: unreadable checkpoint (torn write?), resuming from an older one if any")
+    return None
+
+
+def _readable_checkpoint(path: str) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure means it cannot be resumed from
+        return False
+    return True

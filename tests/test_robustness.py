@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -147,7 +154,6 @@ ITERS_PER_EPOCH = 8  # sample_2d: 8 training pairs, batch size 1
 
 def _train_command(datalist, root, epochs: int, *extra: str) -> list[str]:
     """The user's 2D training command (``configs/train.json``), validation off to keep it short."""
-    import sys
 
     return [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--spatial_dims", "2",
@@ -157,15 +163,14 @@ def _train_command(datalist, root, epochs: int, *extra: str) -> list[str]:
 
 
 def _start(command, log):
-    import os
-    import subprocess
 
+    """Start ``command`` from the bundle root, stdout and stderr to ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    with open(log, "w") as fh:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def _epoch_checkpoints(ckpt_dir) -> dict[int, object]:
-    import re
 
     found = {}
     for p in ckpt_dir.glob("last_checkpoint_epoch=*.pt"):
@@ -175,8 +180,6 @@ def _epoch_checkpoints(ckpt_dir) -> dict[int, object]:
 
 def _kill_after_checkpoint(proc, ckpt_dir, min_epoch: int = 1, timeout: float = 120.0) -> None:
     """Wait for an epoch checkpoint >= ``min_epoch``, then SIGTERM (SIGKILL after 5 s)."""
-    import subprocess
-    import time
 
     deadline = time.monotonic() + timeout
     while not any(e >= min_epoch for e in _epoch_checkpoints(ckpt_dir)):
@@ -193,7 +196,6 @@ def _kill_after_checkpoint(proc, ckpt_dir, min_epoch: int = 1, timeout: float = 
 
 def _logged_iterations(log) -> list[tuple[int, int]]:
     """``(epoch, iteration in epoch)`` of every iteration the StatsHandler logged."""
-    import re
 
     return [(int(e), int(i)) for e, i in re.findall(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ --", log.read_text())]
 
@@ -219,3 +221,114 @@ def test_killed_training_resumes_where_it_stopped(sample_2d, tmp_path):
     assert trainer["max_epochs"] == 5 and trainer["iteration"] == 5 * ITERS_PER_EPOCH
     steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
     assert steps == {5.0 * ITERS_PER_EPOCH}, steps  # Adam's moments were restored, not restarted
+
+
+def test_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    """A failure while writing the next checkpoint: the previous file is intact, no torn file."""
+    from bundle.checkpoints import AtomicDiskSaver
+
+    saver = AtomicDiskSaver(tmp_path)
+    saver({"w": torch.ones(3)}, "last_checkpoint_epoch=1.pt")
+    saver.remove("last_checkpoint_epoch=1.pt")  # what Ignite does before writing epoch 2
+
+    def torn_save(obj, path):
+        open(path, "wb").write(b"PK\x03")
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        saver({"w": torch.zeros(3)}, "last_checkpoint_epoch=2.pt")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last_checkpoint_epoch=1.pt"]
+    assert torch.equal(torch.load(tmp_path / "last_checkpoint_epoch=1.pt", weights_only=True)["w"], torch.ones(3))
+    saver({"w": torch.zeros(3)}, "last_checkpoint_epoch=2.pt")  # the superseded file goes once the new one is in place
+    assert [p.name for p in tmp_path.iterdir()] == ["last_checkpoint_epoch=2.pt"]
+
+
+def test_fixed_name_checkpoint_is_replaced_not_removed(tmp_path):
+    from bundle.checkpoints import AtomicDiskSaver
+
+    saver = AtomicDiskSaver(tmp_path, filename="model.pt")
+    saver({"w": torch.ones(1)}, "ignored_name.pt")
+    saver.remove("ignored_name.pt")
+    saver({"w": torch.zeros(1)}, "other_name.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["w"]) == 0.0
+
+
+def test_train_config_makes_every_checkpoint_saver_atomic(sample_2d, tmp_path):
+    """The objects ``configs/train.json`` trains with (after ``initialize``) write atomically."""
+    from monai.bundle import ConfigParser
+    from monai.handlers import CheckpointSaver
+
+    from bundle.checkpoints import AtomicDiskSaver
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.update({"spatial_dims": 2, "datalist_file": str(sample_2d), "ckpt_dir": str(tmp_path / "ckpt"), "output_dir": str(tmp_path / "out")})
+    parser.get_parsed_content("initialize")
+    savers = [parser.get_parsed_content("train#checkpoint_saver")]
+    savers += [h for h in parser.get_parsed_content("validate#handlers") if isinstance(h, CheckpointSaver)]
+    handlers = [getattr(s, a) for s in savers for a in ("_interval_checkpoint", "_final_checkpoint", "_key_metric_checkpoint")]
+    handlers = [h.save_handler for h in handlers if h is not None]
+    assert len(savers) == 2 and len(handlers) == 3
+    assert all(isinstance(h, AtomicDiskSaver) for h in handlers), handlers
+    assert handlers[-1].filename == "model.pt"
+
+
+def test_resume_skips_a_torn_checkpoint(tmp_path):
+    from ignite.engine import Engine
+
+    from bundle.engine import attach_resume
+
+    net = torch.nn.Linear(2, 2)
+    good = tmp_path / "last_checkpoint_epoch=1.pt"
+    torch.save({"model": net.state_dict()}, good)
+    torn = tmp_path / "last_checkpoint_epoch=2.pt"
+    torn.write_bytes(good.read_bytes()[:100])
+    os.utime(good, (1, 1))  # older than the torn one
+    assert attach_resume(Engine(lambda e, b: None), str(tmp_path), {"model": net}) == str(good)
+
+
+# -- reproducible results ----------------------------------------------------------------------
+def _final_weights(root, epochs: int) -> dict:
+    path = root / "ckpt" / f"last_checkpoint_final_iteration={epochs * ITERS_PER_EPOCH}.pt"
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_training_is_reproducible(sample_2d, tmp_path):
+    """Same seed and data, augmentation on (seeded by ``determinism``): bitwise the same weights."""
+    procs = [_start(_train_command(sample_2d, tmp_path / n, 2, "--seed", "7"), tmp_path / f"{n}.log") for n in ("a", "b")]
+    for name, proc in zip(("a", "b"), procs):
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    a, b = _final_weights(tmp_path / "a", 2), _final_weights(tmp_path / "b", 2)
+    assert a.keys() == b.keys()
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert diff == 0.0, diff
+    assert _augmentation_is_random()
+
+
+def _augmentation_is_random() -> bool:
+    """``train.json`` augments by default (so the seed matters): a random affine with prob > 0."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    return any(t["_target_"] == "RandAffined" and t["prob"] > 0 for t in parser.get("train#augmentation"))
+
+
+def test_inference_is_reproducible(sample_3d, tmp_path):
+    """Two runs of ``configs/inference.json`` (separate processes) write identical arrays."""
+
+    item = json.loads(sample_3d.read_text())["test"][0]
+    pair = ["--fixed", str(sample_3d.parent / item["fixed"]), "--moving", str(sample_3d.parent / item["moving"])]
+    procs = []
+    for name in ("a", "b"):
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *pair, "--output_dir", str(tmp_path / name)]
+        procs.append(_start(command, tmp_path / f"{name}.log"))
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+    for fname in ("ddf_mm.nii.gz", "warped_moving.nii.gz", "jacobian.nii.gz"):
+        a, b = (nib.load(tmp_path / n / fname) for n in ("a", "b"))
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), fname
+        assert np.array_equal(a.affine, b.affine), fname
