@@ -1,0 +1,78 @@
+"""The label-map synthesis generator makes what it claims: shared anatomy, different contrasts, new anatomy per seed."""
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.data.synth import SynthPairDataset, SynthPairGenerator, source_anatomies
+
+STILL = dict(rotation_deg=0.0, translation_mm=0.0, scale=0.0, shear=0.0, elastic_mm=0.0)
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    scores = [2 * float(((a == v) & (b == v)).sum()) / float((a == v).sum() + (b == v).sum()) for v in (1, 2, 3)]
+    return float(np.mean(scores))
+
+
+def _tissue_order(image: torch.Tensor, label: torch.Tensor) -> tuple[int, ...]:
+    means = [float(image[label == v].mean()) for v in (1, 2, 3)]
+    return tuple(np.argsort(means))
+
+
+def test_two_images_share_the_label_map_and_differ_in_contrast():
+    gen = SynthPairGenerator(spatial_dims=2, spacing_mm=2.0, **STILL)
+    orders_differ, t1_like = 0, 0
+    for seed in range(12):
+        pair = gen(seed)
+        assert torch.equal(pair["fixed_label"], pair["moving_label"])  # no motion: one anatomy, one label map
+        label = pair["fixed_label"]
+        assert set(torch.unique(label).tolist()) == {0, 1, 2, 3}
+        fixed_order, moving_order = _tissue_order(pair["fixed"], label), _tissue_order(pair["moving"], label)
+        orders_differ += fixed_order != moving_order
+        t1_like += fixed_order == (0, 1, 2)  # CSF < grey < white: T1-weighted
+        assert not torch.allclose(pair["fixed"], pair["moving"], atol=0.05)
+    assert orders_differ >= 4  # the order of tissue intensities changes between the two images in many pairs
+    assert t1_like >= 6  # the fixed image is T1-weighted with probability 0.7 (random intensities otherwise)
+
+
+def test_pairs_are_reproducible_and_differ_from_seed_to_seed():
+    gen = SynthPairGenerator(spatial_dims=2, spacing_mm=2.0)
+    a, b, c = gen(5), gen(5), gen(6)
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    assert not torch.allclose(a["fixed"], c["fixed"])
+    assert _dice(a["fixed_label"], c["fixed_label"]) < 0.95
+
+
+def test_anatomy_changes_shape_not_only_pose():
+    gen = SynthPairGenerator(spatial_dims=3, spacing_mm=4.0, **STILL)
+    scores = []
+    for seed in range(3):
+        label = gen(seed)["fixed_label"][0]
+        for source in source_anatomies(4.0):
+            maps = torch.from_numpy(source)
+            ref = (maps[:3].argmax(0) + 1) * (maps[:3].sum(0) >= 0.5)
+            pad = [(t - s) // 2 for s, t in zip(ref.shape, label.shape)]
+            padded = torch.zeros_like(label, dtype=ref.dtype)
+            padded[tuple(slice(p, p + s) for p, s in zip(pad, ref.shape))] = ref
+            scores.append(_dice(label, padded))
+    # each synthetic anatomy is close to one of the sources, but never equal to it
+    assert 0.4 < max(scores) < 0.95
+
+
+def test_motion_moves_the_moving_image_and_its_labels_together():
+    pair = SynthPairGenerator(spatial_dims=3, spacing_mm=4.0)(3)
+    assert pair["fixed"].shape == pair["moving"].shape == (1, 48, 64, 48)  # padded to multiples of 16
+    assert _dice(pair["fixed_label"], pair["moving_label"]) < 0.9
+    inside = pair["moving_label"] > 0
+    assert float(pair["moving"][inside].mean()) > float(pair["moving"][~inside].mean())  # image follows its labels
+
+
+def test_dataset_draws_new_pairs_each_epoch_reproducibly():
+    first, second = SynthPairDataset(length=2, seed=1, spatial_dims=2), SynthPairDataset(length=2, seed=1, spatial_dims=2)
+    epoch1 = [first[i]["fixed"] for i in range(2)]
+    epoch2 = [first[i]["fixed"] for i in range(2)]
+    assert not torch.equal(epoch1[0], epoch2[0])
+    assert torch.equal(epoch1[0], second[0]["fixed"]) and torch.equal(epoch2[0], second[0]["fixed"])
+    with pytest.raises(ValueError, match="spatial_dims"):
+        SynthPairGenerator(spatial_dims=4)
