@@ -17,15 +17,39 @@ from monai.engines.utils import IterationEvents
 
 from .metrics import one_hot_labels, warp_labels
 
-__all__ = ["RegistrationTrainer", "RegistrationEvaluator"]
+__all__ = ["RegistrationTrainer", "RegistrationEvaluator", "structured_forward"]
 
 
 def _pair(batch: dict, device, non_blocking: bool, keys: Sequence[str]) -> list[torch.Tensor]:
     return [batch[k].to(device=device, non_blocking=non_blocking).as_tensor() if hasattr(batch[k], "as_tensor") else batch[k].to(device) for k in keys]
 
 
+def structured_forward(network: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, **kwargs):
+    """The structured :class:`RegistrationOutput` of ``network`` for a pair.
+
+    ``network.register(...)`` for a plain network; a call through ``forward`` for a wrapper
+    without ``register`` (``DistributedDataParallel(StructuredRegistration(net))``), so that
+    DDP sees the pass and synchronises gradients.
+
+    Raises:
+        TypeError: ``network`` wraps a module with ``register`` directly (DDP around the bare
+            network), whose ``forward`` is the single-tensor one.
+    """
+    if hasattr(network, "register"):
+        return network.register(moving, fixed, **kwargs)
+    if hasattr(getattr(network, "module", None), "register"):
+        raise TypeError(
+            f"{type(network).__name__} wraps the bare network; wrap bundle.networks.StructuredRegistration(network) "
+            "instead so that the structured pass goes through the wrapper's forward."
+        )
+    return network(moving, fixed, **kwargs)
+
+
 class RegistrationTrainer(SupervisedTrainer):
     """Unsupervised trainer: ``network.register(moving, fixed)`` and a composite loss.
+
+    ``network`` may also be ``DistributedDataParallel(StructuredRegistration(net))`` for
+    multi-GPU training (see :func:`structured_forward` and ``configs/multi_gpu_train.json``).
 
     ``loss_function(output, moving, fixed)`` must return a dict with the total under
     ``"loss"`` (see :class:`bundle.losses.RegistrationLoss`); every term is put in
@@ -49,7 +73,7 @@ class RegistrationTrainer(SupervisedTrainer):
         moving, fixed = _pair(batchdata, engine.state.device, engine.non_blocking, (self.moving_key, self.fixed_key))
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        output = engine.network.register(moving, fixed, bidirectional=self.bidirectional, synthesis=self.synthesis)
+        output = structured_forward(engine.network, moving, fixed, bidirectional=self.bidirectional, synthesis=self.synthesis)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         terms = engine.loss_function(output, moving, fixed)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

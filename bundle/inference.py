@@ -17,6 +17,7 @@ exist, so a failure leaves no partial result.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from .networks.affine_head import centered_grid
 from .resample import grid_world_points, ras_grid_for, sample_at_world, spatial_affine
 
 __all__ = ["OUTPUT_FILES", "load_network_weights", "PairRegistrar"]
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("warped_moving.nii.gz", "ddf_mm.nii.gz", "affine.tfm", "jacobian.nii.gz", "metrics.json")
 
@@ -235,19 +238,39 @@ class PairRegistrar:
                 json.dump(metrics, fh, indent=2)
         return metrics
 
-    def run(self, fixed=None, moving=None, output_dir=None, datalist=None, section: str = "test", fixed_label=None, moving_label=None) -> list[dict]:
+    def run(
+        self,
+        fixed=None,
+        moving=None,
+        output_dir=None,
+        datalist=None,
+        section: str = "test",
+        fixed_label=None,
+        moving_label=None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> list[dict]:
         """Register one pair (``fixed``/``moving``) or every pair of a datalist section.
 
         With a datalist, the results of pair ``i`` go to ``output_dir/<i:04d>``; label keys
-        ``fixed_label``/``moving_label`` are used when present.
+        ``fixed_label``/``moving_label`` are used when present. With ``world_size`` > 1 (one
+        process per rank, ``configs/multi_gpu_inference.json``) this process registers only
+        pairs ``rank, rank + world_size, ...`` (MONAI ``DistributedSampler`` order, uneven
+        allowed): every pair is done by exactly one rank and keeps its index and output
+        folder; a single ``fixed``/``moving`` pair is done by rank 0 only.
         """
         if output_dir is None:
             raise ValueError("output_dir is required")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.load_weights()
         if datalist:
             items = _read_datalist(datalist, section)
             out = []
-            for i, item in enumerate(items):
+            for i in range(rank, len(items), world_size):  # strided share; all pairs when world_size == 1
+                item = items[i]
+                if world_size > 1:
+                    logger.info(f"rank {rank}/{world_size}: pair {i:04d} ({item['moving']} -> {item['fixed']})")
                 out.append(
                     self.register_files(
                         item["fixed"], item["moving"], Path(output_dir) / f"{i:04d}", item.get("fixed_label"), item.get("moving_label")
@@ -256,6 +279,8 @@ class PairRegistrar:
             return out
         if fixed is None or moving is None:
             raise ValueError("give --fixed and --moving, or --datalist")
+        if rank > 0:
+            return []
         return [self.register_files(fixed, moving, output_dir, fixed_label, moving_label)]
 
 

@@ -1,4 +1,4 @@
-"""Single-tensor wrapper that serves as the bundle's ``network_def``."""
+"""Single-tensor wrapper that serves as the bundle's ``network_def``, and its structured-forward adaptor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import nn
 
 from .regnet import MultiModalRegNet
 
-__all__ = ["RegistrationBundleNet"]
+__all__ = ["RegistrationBundleNet", "StructuredRegistration"]
 
 
 class RegistrationBundleNet(MultiModalRegNet):
@@ -29,3 +29,24 @@ class RegistrationBundleNet(MultiModalRegNet):
             raise ValueError(f"expected (B, 2, *spatial) with {self.spatial_dims} spatial dims, got {tuple(x.shape)}.")
         out = self.register(x[:, :1], x[:, 1:], bidirectional=False, synthesis=False).forward
         return torch.cat([out.warped, out.ddf], dim=1)
+
+
+class StructuredRegistration(nn.Module):
+    """Module whose ``forward`` is ``network.register``: what ``DistributedDataParallel`` wraps.
+
+    DDP synchronises gradients only for passes through its own ``forward``; calling
+    ``ddp.module.register(...)`` would bypass it. Wrapping this adaptor instead,
+    ``DistributedDataParallel(StructuredRegistration(net))(moving, fixed, ...)`` returns the full
+    :class:`RegistrationOutput` through DDP, while ``net`` keeps its single-tensor ``forward``
+    (and its un-prefixed ``state_dict``) for checkpoints, export and inference.
+
+    Args:
+        network: a :class:`RegistrationBundleNet` (anything with ``register(moving, fixed, ...)``).
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True):
+        return self.network.register(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
