@@ -182,16 +182,18 @@ def _kill_after_checkpoint(proc, ckpt_dir, min_epoch: int = 1, timeout: float = 
     """Wait for an epoch checkpoint >= ``min_epoch``, then SIGTERM (SIGKILL after 5 s)."""
 
     deadline = time.monotonic() + timeout
-    while not any(e >= min_epoch for e in _epoch_checkpoints(ckpt_dir)):
-        assert proc.poll() is None, f"training ended (code {proc.returncode}) before a checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.05)
-    proc.terminate()
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        while not any(e >= min_epoch for e in _epoch_checkpoints(ckpt_dir)):
+            assert proc.poll() is None, f"training ended (code {proc.returncode}) before a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _logged_iterations(log) -> list[tuple[int, int]]:
