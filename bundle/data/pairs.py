@@ -138,6 +138,7 @@ def generate_pair(
     control_spacing_mm: float = 32.0,
     contrast_jitter: float = 0.05,
     interpolation_order: int = 3,
+    volumes: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
 ) -> RegistrationPair:
     """Generate the registration pair of ``seed`` (see the module docstring).
 
@@ -157,6 +158,9 @@ def generate_pair(
         contrast_jitter: relative jitter of the tissue parameters of a simulated contrast.
         interpolation_order: spline order resampling the moving image (1 or 3); cubic keeps
             coarse grids sharp, linear is faster. Labels always use nearest neighbour.
+        volumes: another anatomy as ``source_volumes`` returns it (keys ``t1, t2, pd, csf,
+            grey, white, labels`` and the RAS affine at ``spacing_mm``); defaults to the SPM
+            templates (see ``bundle.data.subject`` for the unseen evaluation subject).
 
     Returns:
         A :class:`RegistrationPair`.
@@ -169,7 +173,7 @@ def generate_pair(
         raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    volumes, affine = source_volumes(float(spacing_mm))
+    volumes, affine = source_volumes(float(spacing_mm)) if volumes is None else volumes
     if spatial_dims == 2:
         slice_index = default_slice_index(float(spacing_mm)) if slice_index is None else int(slice_index)
         sliced = {}
