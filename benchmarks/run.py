@@ -1,8 +1,11 @@
 """Benchmark this project against identity, elastix and ANTs on the same pairs, in one run.
 
-    python -m benchmarks.run --pairs_per_contrast 10 --output docs/benchmarks.md
+    python -m benchmarks.run --dataset templates --pairs_per_contrast 10
+    python -m benchmarks.run --dataset subject --pairs_per_contrast 10
 
-Writes a per-pair CSV and the markdown table of ``docs/benchmarks.md``. See benchmarks/README.md.
+``templates``: held-out pairs of the deformed SPM templates; ``subject``: pairs of SPM's
+single-subject T1, an anatomy no training path reads (``bundle.data.subject``). Writes a
+per-pair CSV and the data set's section of ``docs/benchmarks.md``. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from bundle.data.sample import ensure_sample_datalist
 from bundle.evaluate import PairData, _identity_result, summarise
 from bundle.inference import PairRegistrar, _read_datalist
 
+from bundle.data.subject import write_subject_data
+
 from . import classical
+from .report import machine_line, write_section
 
 METRICS = [
     ("dice_mean", "Dice (mean CSF/GM/WM)", "{:.3f}"),
@@ -64,6 +70,16 @@ def run_method(method: str, pair: PairData, registrar: PairRegistrar) -> tuple[n
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
+def _dataset_datalist(dataset: str, per_contrast: int) -> str:
+    """The datalist of a named data set, generated on first use."""
+    if dataset == "subject":
+        path = BUNDLE_ROOT / "sample_data" / "subject" / "datalist.json"
+        if not path.is_file() or len(_read_datalist(str(path), "test")) < 2 * per_contrast:
+            write_subject_data(path.parent, pairs_per_contrast=per_contrast)
+        return str(path)
+    return ensure_sample_datalist(BUNDLE_ROOT / "sample_data" / "3d", spatial_dims=3, spacing_mm=2.0, n_train=32, n_val=4, n_test=20)
+
+
 def select_items(datalist: str, section: str, per_contrast: int) -> list[dict]:
     """The first ``per_contrast`` items of each contrast in a datalist section."""
     items, counts = [], {}
@@ -75,13 +91,18 @@ def select_items(datalist: str, section: str, per_contrast: int) -> list[dict]:
     return items
 
 
-def markdown(summary: dict, methods, n_pairs: int, command: str) -> str:
+DATASETS = {
+    "templates": "held-out generated 3D pairs of the deformed SPM templates (2 mm, T2->T1 and PD->T1)",
+    "subject": "3D pairs of SPM's single-subject T1, anatomy never used in training (2 mm, T2-like->T1 and PD-like->T1)",
+}
+
+
+def markdown(summary: dict, methods, n_pairs: int, command: str, dataset: str = "templates") -> str:
     lines = [
-        "# Benchmarks",
+        f"## Accuracy and time: {dataset}",
         "",
-        f"Produced by `{command}` on {n_pairs} held-out generated 3D pairs (2 mm, T2->T1 and PD->T1),",
-        f"all methods in the same run on the same machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}.",
+        f"Produced by `{command}` on {n_pairs} {DATASETS[dataset]},",
+        f"all methods in the same run on the same machine: {machine_line()}.",
         "Seconds per pair: the model's time covers resampling onto its grid, the network and mapping the field",
         "back; elastix and ANTs times cover their own file reading and registration.",
         "",
@@ -106,7 +127,8 @@ def markdown(summary: dict, methods, n_pairs: int, command: str) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datalist", default=None, help="labelled datalist; default: the 3D sample data set")
+    parser.add_argument("--dataset", default="templates", choices=sorted(DATASETS), help="which generated pairs (ignored with --datalist)")
+    parser.add_argument("--datalist", default=None, help="labelled datalist; default: the --dataset pairs")
     parser.add_argument("--section", default="test")
     parser.add_argument("--pairs_per_contrast", type=int, default=10)
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -114,9 +136,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--csv", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "metrics.csv"))
     args = parser.parse_args(argv)
-    datalist = args.datalist or ensure_sample_datalist(
-        BUNDLE_ROOT / "sample_data" / "3d", spatial_dims=3, spacing_mm=2.0, n_train=32, n_val=4, n_test=20
-    )
+    datalist = args.datalist or _dataset_datalist(args.dataset, args.pairs_per_contrast)
     methods = [m for m in args.methods.split(",") if m]
     registrar = PairRegistrar(_network(3), args.checkpoint)
     if any(m.startswith("model") for m in methods):
@@ -139,7 +159,7 @@ def main(argv=None) -> dict:
         w.writeheader()
         w.writerows(rows)
     command = "python -m benchmarks.run " + " ".join(argv or [])
-    Path(args.output).write_text(markdown(summary, methods, len(items), command.strip()))
+    write_section(args.output, f"accuracy-{args.dataset}", markdown(summary, methods, len(items), command.strip(), args.dataset))
     Path(args.csv).with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
 
