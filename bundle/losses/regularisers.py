@@ -94,29 +94,34 @@ def stencil_energy(field: torch.Tensor, stencils: list[Stencil], reduction: str 
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
-class BendingEnergy(_Loss):
+class _StencilLoss(_Loss):
+    """A regulariser given by the stencils of ``stencils(dims)``."""
+
+    stencils = staticmethod(diffusion_stencils)
+
+    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN):
+        super().__init__(reduction=LossReduction(reduction).value)
+
+    def forward(self, pred: torch.Tensor) -> torch.Tensor:
+        """Args: ``pred``, a displacement field ``(B, dims, *spatial)``."""
+        return stencil_energy(pred, self.stencils(pred.ndim - 2), self.reduction)
+
+
+class BendingEnergy(_StencilLoss):
     """Bending energy of a field ``(B, dims, *spatial)``; MONAI's ``BendingEnergyLoss`` values, faster.
 
     Args:
         reduction: ``"mean"`` (over batch, components and inner voxels) or ``"sum"``.
     """
 
-    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN):
-        super().__init__(reduction=LossReduction(reduction).value)
-
-    def forward(self, pred: torch.Tensor) -> torch.Tensor:
-        return stencil_energy(pred, bending_stencils(pred.ndim - 2), self.reduction)
+    stencils = staticmethod(bending_stencils)
 
 
-class Diffusion(_Loss):
+class Diffusion(_StencilLoss):
     """Diffusion regulariser of a field ``(B, dims, *spatial)``; MONAI's ``DiffusionLoss`` values, faster.
 
     Args:
         reduction: ``"mean"`` (over batch, components and inner voxels) or ``"sum"``.
     """
 
-    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN):
-        super().__init__(reduction=LossReduction(reduction).value)
-
-    def forward(self, pred: torch.Tensor) -> torch.Tensor:
-        return stencil_energy(pred, diffusion_stencils(pred.ndim - 2), self.reduction)
+    stencils = staticmethod(diffusion_stencils)
