@@ -4,8 +4,9 @@ Same stencils and values as MONAI's ``BendingEnergyLoss`` and ``DiffusionLoss`` 
 differences on the inner voxels: ``[1, -2, 1]`` pure and 4-point mixed second derivatives,
 ``[-1/2, 0, 1/2]`` first derivatives), computed by one autograd function whose backward is
 the stencils' adjoint applied in place. Autograd through MONAI's slicing allocates and
-copies a full-size tensor for every shifted view and every backward slice; this does one
-pass per stencil tap. ``benchmarks/losses.py`` measures both.
+copies a full-size tensor for every shifted view and every backward slice; this makes about
+one pass per stencil tap, slab by slab so the data stay in cache, and stores nothing but the
+input for the backward. ``benchmarks/losses.py`` measures both.
 """
 
 from __future__ import annotations
@@ -49,30 +50,56 @@ def _view(x: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:
     return x[(slice(None), slice(None), *(slice(1 + o, n - 1 + o) for o, n in zip(offset, x.shape[2:])))]
 
 
+_SLAB_BYTES = 1 << 22  # slabs of ~4 MiB: in cache through all the passes, few enough for small op overhead
+
+
+def _response(u: torch.Tensor, taps) -> tuple[torch.Tensor, float]:
+    """``sum_k c_k u[x + o_k] / c_0`` on the inner voxels of ``u`` (two taps per pass first) and ``c_0``."""
+    (c0, o0), (c1, o1) = taps[0], taps[1]
+    r = torch.add(_view(u, o0), _view(u, o1), alpha=c1 / c0)
+    for c, o in taps[2:]:
+        r.add_(_view(u, o), alpha=c / c0)
+    return r, c0
+
+
+def _slabs(u: torch.Tensor):
+    """``(start, stop)`` of slabs along the first spatial axis, each with its one-voxel halo."""
+    inner = u.shape[2] - 2
+    plane = max(1, u[:, :, 0].numel() * u.element_size())
+    step = max(1, _SLAB_BYTES // plane - 2)
+    return [(a, min(a + step, inner) + 2) for a in range(0, inner, step)]
+
+
 class _StencilEnergy(torch.autograd.Function):
-    """Sum over stencils of ``weight * ||stencil * u||^2`` on the inner voxels; adjoint backward."""
+    """Sum over stencils of ``weight * ||stencil * u||^2`` on the inner voxels; adjoint backward.
+
+    Works slab by slab along the first spatial axis so each slab stays in cache; the backward
+    recomputes the responses slab by slab instead of storing them (memory: input and gradient only).
+    """
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, stencils: list[Stencil]):
-        responses, energy = [], u.new_zeros(())
-        for weight, taps in stencils:
-            (c0, o0), rest = taps[0], taps[1:]
-            s = torch.mul(_view(u, o0), c0)
-            for c, o in rest:
-                s.add_(_view(u, o), alpha=c)
-            energy = energy + weight * torch.linalg.vector_norm(s).square()
-            responses.append(s)
-        ctx.save_for_backward(*responses)
-        ctx.stencils, ctx.shape = stencils, u.shape
+        energy = u.new_zeros(())
+        for a, b in _slabs(u):
+            slab = u[:, :, a:b]
+            for weight, taps in stencils:
+                r, c0 = _response(slab, taps)
+                energy += weight * c0 * c0 * torch.linalg.vector_norm(r).square()
+        ctx.save_for_backward(u)
+        ctx.stencils = stencils
         return energy
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad = grad_out.new_zeros(ctx.shape)
-        for (weight, taps), s in zip(ctx.stencils, ctx.saved_tensors):
-            s = s * (2.0 * weight * grad_out)
-            for c, o in taps:
-                _view(grad, o).add_(s, alpha=c)
+        (u,) = ctx.saved_tensors
+        grad = torch.zeros_like(u)
+        scale = 2.0 * float(grad_out)
+        for a, b in _slabs(u):
+            slab, grad_slab = u[:, :, a:b], grad[:, :, a:b]
+            for weight, taps in ctx.stencils:
+                r, c0 = _response(slab, taps)
+                for c, o in taps:
+                    _view(grad_slab, o).add_(r, alpha=scale * weight * c0 * c)
         return grad, None
 
 
