@@ -14,12 +14,11 @@ import argparse
 import csv
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bundle.cli import BUNDLE_ROOT
 from bundle.data.sample import ensure_sample_datalist
@@ -142,7 +141,8 @@ def main(argv=None) -> dict:
     if any(m.startswith("model") for m in methods):
         registrar.load_weights()
     items = select_items(datalist, args.section, args.pairs_per_contrast)
-    rows = []
+    command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    rows, summary = [], {}
     for i, item in enumerate(items):
         pair = PairData(registrar, item)
         for method in methods:
@@ -152,17 +152,24 @@ def main(argv=None) -> dict:
             rows.append(pair.row(method, pair.score(ddf_mm, warped), seconds))
             print(f"[{i + 1}/{len(items)}] {item.get('contrast')} {method}: Dice {rows[-1]['dice_mean']:.3f} "
                   f"err {rows[-1].get('disp_error_mean_mm', float('nan')):.2f} mm, {seconds:.1f} s", flush=True)
+        summary = write_results(rows, methods, i + 1, len(items), args, command)
+    return summary
+
+
+def write_results(rows: list[dict], methods, done: int, total: int, args, command: str) -> dict:
+    """Write the CSV, the JSON summary and the docs section for the pairs done so far (after every pair)."""
     summary = summarise(rows)
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
-    command = "python -m benchmarks.run " + " ".join(argv or [])
-    write_section(args.output, f"accuracy-{args.dataset}", markdown(summary, methods, len(items), command.strip(), args.dataset))
+    text = markdown(summary, methods, done, command, args.dataset)
+    if done < total:
+        text += f"\nPartial: {done} of {total} pairs done when this was written.\n"
+    write_section(args.output, f"accuracy-{args.dataset}", text)
     Path(args.csv).with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
-
 
 if __name__ == "__main__":
     main()
