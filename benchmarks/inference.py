@@ -61,10 +61,7 @@ def measure(root: Path, pair: Path, repeats: int, device: str) -> dict:
         proc = subprocess.run(cmd, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement failed in {root}:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    s = result["seconds"]
-    s["jacobian"] = s.get("jacobian", 0.0)  # older versions counted it in the total only
-    return result
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def markdown(rows: list[dict], command: str, baseline: str | None) -> str:
@@ -81,7 +78,7 @@ def markdown(rows: list[dict], command: str, baseline: str | None) -> str:
     ]
     for r in rows:
         s = r["seconds"]
-        cells = " | ".join(f"{s.get(k, 0.0):.2f}" for k in STAGES)
+        cells = " | ".join(f"{s[k]:.2f}" if k in s else "in total" for k in STAGES)  # older code did not time every stage
         lines.append(f"| {r['pair']} | {r['code']} | {cells} | {s['total']:.2f} | {r['peak_mb']:.0f} |")
     return "\n".join(line for line in lines if line is not None)
 
