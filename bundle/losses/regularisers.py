@@ -79,25 +79,28 @@ class _StencilEnergy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, stencils: list[Stencil]):
-        energy = u.new_zeros(())
-        for a, b in _slabs(u):
+        energy, slabs = u.new_zeros(()), _slabs(u)
+        kept = []  # a field that fits in one slab is small: keep its responses instead of recomputing them
+        for a, b in slabs:
             slab = u[:, :, a:b]
             for weight, taps in stencils:
                 r, c0 = _response(slab, taps)
                 energy += weight * c0 * c0 * torch.linalg.vector_norm(r).square()
-        ctx.save_for_backward(u)
+                if len(slabs) == 1:
+                    kept.append(r)
+        ctx.save_for_backward(u, *kept)
         ctx.stencils = stencils
         return energy
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (u,) = ctx.saved_tensors
+        u, *kept = ctx.saved_tensors
         grad = torch.zeros_like(u)
         scale = 2.0 * float(grad_out)
         for a, b in _slabs(u):
             slab, grad_slab = u[:, :, a:b], grad[:, :, a:b]
-            for weight, taps in ctx.stencils:
-                r, c0 = _response(slab, taps)
+            for k, (weight, taps) in enumerate(ctx.stencils):
+                r, c0 = (kept[k], taps[0][0]) if kept else _response(slab, taps)
                 for c, o in taps:
                     _view(grad_slab, o).add_(r, alpha=scale * weight * c0 * c)
         return grad, None
