@@ -37,12 +37,14 @@ def test_checkpoint_loads_weights_only():
     assert any(k.startswith("deformable_head.") for k in state)
 
 
-@pytest.mark.xfail(
+_UNDER_TRAINED = pytest.mark.xfail(
     strict=True,
-    reason="shipped model under-trained (about 700 CPU steps): x recovered within 0.2 voxel, "
-    "z off by up to 3.4 voxels (see docs/README.md); remove this mark once a longer training passes",
+    reason="shipped model under-trained: (-4, 0, -3) voxels recovered as (-3.5, -0.5, -1.5), 1.7 voxels off "
+    "(see docs/README.md); remove this mark once a longer training passes",
 )
-@pytest.mark.parametrize("shift", [(3, -2, 2), (-4, 0, -3)])
+
+
+@pytest.mark.parametrize("shift", [(3, -2, 2), (0, 0, 3), pytest.param((-4, 0, -3), marks=_UNDER_TRAINED)])
 def test_affine_stage_recovers_known_translation(registrar, templates, shift):
     affine = templates.affine
     moving = ndimage.shift(np.asarray(templates.t2), shift, order=1, mode="constant")
@@ -77,12 +79,12 @@ def _inverse_consistency(registrar):
 
 
 def test_directions_are_inverse_consistent(registrar):
-    """The two directions compose to far less than the motion itself (measured: 1.1 vs 3.1 voxels RMS)."""
+    """The two directions compose to far less than the motion itself (measured: 1.2 vs 3.0 voxels RMS)."""
     rms, motion = _inverse_consistency(registrar)
     assert motion > 1.0 and rms < 0.5 * motion, (rms, motion)
 
 
-@pytest.mark.xfail(strict=True, reason="shipped model under-trained: inverse-consistency residual 1.1 voxel RMS")
+@pytest.mark.xfail(strict=True, reason="shipped model under-trained: inverse-consistency residual 1.2 voxel RMS for 3.0 voxels of motion")
 def test_directions_are_inverse_consistent_within_half_a_voxel(registrar):
     rms, _ = _inverse_consistency(registrar)
     assert rms < 0.5
