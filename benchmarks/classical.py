@@ -47,6 +47,7 @@ ELASTIX_AFFINE = _ELASTIX_COMMON + """(Transform "AffineTransform")
 ELASTIX_BSPLINE = _ELASTIX_COMMON + """(Transform "BSplineTransform")
 (FinalGridSpacingInPhysicalUnits 16)
 (WriteResultImage "true")
+(ResultImagePixelType "float")
 """
 
 
