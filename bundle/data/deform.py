@@ -23,6 +23,7 @@ __all__ = [
     "transform_points",
     "random_affine",
     "random_elastic",
+    "random_motion",
     "affine_to_ddf",
     "compose_affine_ddf",
     "compose_ddf",
@@ -174,6 +175,33 @@ def random_elastic(
     for axis, w in enumerate(weights):  # separable interpolation, one axis at a time
         field = np.moveaxis(np.tensordot(w, field, axes=(1, axis + 1)), 0, axis + 1)
     return np.ascontiguousarray(field)
+
+
+def random_motion(
+    rng: RngLike,
+    shape: Sequence[int],
+    rotation_deg: float = 10.0,
+    translation_vox: float = 4.0,
+    scale: float = 0.1,
+    shear: float = 0.05,
+    elastic_vox: float = 2.0,
+    control_spacing: float = 12.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random map ``x -> A (x + e(x))`` of the generated pairs: affine ``A`` about the grid centre,
+    then (when ``elastic_vox`` > 0) a B-spline elastic DDF ``e``, drawn in that order from ``rng``.
+
+    Returns:
+        ``(A, e)``: the ``(dims + 1)^2`` matrix of :func:`random_affine` and the channel-first DDF of
+        :func:`random_elastic` (zeros when ``elastic_vox`` is 0); :func:`compose_affine_ddf` gives the map's DDF.
+    """
+    shape = tuple(int(s) for s in shape)
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2.0
+    matrix = random_affine(rng, len(shape), rotation_deg, translation_vox, scale, shear, centre)
+    if elastic_vox > 0:
+        elastic = random_elastic(rng, shape, elastic_vox, control_spacing)
+    else:
+        elastic = np.zeros((len(shape), *shape), dtype=np.float32)
+    return matrix, elastic
 
 
 def affine_to_ddf(matrix: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -33,8 +33,7 @@ from bundle.data.deform import (
     identity_grid,
     invert_affine,
     invert_map_at,
-    random_affine,
-    random_elastic,
+    random_motion,
     resample,
     transform_points,
 )
@@ -185,12 +184,9 @@ def generate_pair(
     shape = volumes["t1"].shape
 
     rng = np.random.default_rng(seed)
-    center = (np.array(shape) - 1) / 2.0
-    matrix = random_affine(rng, spatial_dims, rotation_deg, translation_mm / spacing_mm, scale, shear, center)
-    if elastic_mm > 0:
-        elastic = random_elastic(rng, shape, elastic_mm / spacing_mm, control_spacing_mm / spacing_mm)
-    else:
-        elastic = np.zeros((spatial_dims, *shape), dtype=np.float32)
+    matrix, elastic = random_motion(
+        rng, shape, rotation_deg, translation_mm / spacing_mm, scale, shear, elastic_mm / spacing_mm, control_spacing_mm / spacing_mm
+    )
     if contrast == "flair":
         priors = {k: volumes[k] for k in ("csf", "grey", "white")}
         source = simulate_contrast(priors, "flair", rng=rng, jitter=contrast_jitter)

@@ -34,7 +34,7 @@ from monai.networks.layers import GaussianFilter
 from scipy import ndimage
 
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
-from .deform import affine_to_ddf, compose_affine_ddf, random_affine, random_elastic
+from .deform import compose_affine_ddf, random_motion
 from .pairs import source_volumes
 
 __all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "SynthPairGenerator", "SynthPairDataset"]
@@ -207,14 +207,8 @@ class SynthPairGenerator:
     # -- motion -------------------------------------------------------------------------------
     def _motion(self, rng: np.random.Generator, shape: Sequence[int]) -> torch.Tensor:
         """``(1, dims, *S)`` random affine + elastic DDF (voxels) that moves the moving image."""
-        centre = (np.asarray(shape) - 1) / 2.0
-        matrix = random_affine(rng, self.dims, center=centre, **self.motion)
-        if self.elastic_vox > 0:
-            elastic = random_elastic(rng, shape, self.elastic_vox, self.control_vox)
-            ddf = compose_affine_ddf(matrix, elastic)
-        else:
-            ddf = affine_to_ddf(matrix, shape)
-        return torch.from_numpy(np.asarray(ddf, dtype=np.float32))[None]
+        matrix, elastic = random_motion(rng, shape, elastic_vox=self.elastic_vox, control_spacing=self.control_vox, **self.motion)
+        return torch.from_numpy(np.asarray(compose_affine_ddf(matrix, elastic), dtype=np.float32))[None]
 
     def __call__(self, seed: int | Sequence[int]) -> dict[str, torch.Tensor]:
         """The pair of ``seed``: ``fixed``, ``moving``, ``fixed_label``, ``moving_label`` as ``(1, *S)``.
