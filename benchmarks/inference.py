@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def measure(root: Path, pair: Path, repeats: int, device: str) -> dict:
     """Median stage seconds and peak memory of the code at ``root`` on ``pair``."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-c", _SNIPPET, str(pair), out, str(repeats), device]
-        proc = subprocess.run(cmd, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement failed in {root}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

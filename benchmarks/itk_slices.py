@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from bundle.cli import BUNDLE_ROOT
-from bundle.evaluate import _identity_result
 from bundle.io import save_image
 from bundle.metrics import displacement_error_mm, folding_percent, normalized_mutual_information
 from bundle.resample import grid_world_points, sample_at_world, spatial_affine
@@ -133,20 +132,10 @@ def _network_2d():
 
 def run_method(method: str, slices: Slices, name: str, paths: dict, registrar, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Displacement (RAS mm, fixed grid) and warped moving slice of one method."""
-    from . import classical
+    from .run import register_with
 
     m_aff, f_aff = spatial_affine(slices.moving_affine, 2), spatial_affine(slices.fixed_affine, 2)
-    if method == "identity":
-        res = _identity_result(slices.fixed, f_aff, slices.moving(name), m_aff)
-        return res["ddf_mm"], res["warped"]
-    if method == "elastix":
-        return classical.elastix(paths[FIXED], paths[name], threads=threads)
-    if method in ("ants_affine", "ants_syn"):
-        return classical.ants(paths[FIXED], paths[name], "Affine" if method == "ants_affine" else "SyN")
-    if method in ("model_affine", "model_full"):
-        res = registrar.register_arrays(slices.fixed, f_aff, slices.moving(name), m_aff, stage=method.split("_")[1])
-        return res["ddf_mm"], res["warped"]
-    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return register_with(method, slices.fixed, f_aff, slices.moving(name), m_aff, paths.get(FIXED), paths.get(name), registrar, threads)
 
 
 def _voxel_field(ddf_mm: np.ndarray, affine: np.ndarray) -> torch.Tensor:

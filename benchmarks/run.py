@@ -51,22 +51,30 @@ def _network(dims: int = 3):
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
-def run_method(method: str, pair: PairData, registrar: PairRegistrar) -> tuple[np.ndarray, np.ndarray]:
-    """Displacement (RAS mm, fixed grid) and warped moving image of one method."""
-    item = pair.item
+def register_with(method: str, fixed, fixed_affine, moving, moving_affine, fixed_path, moving_path, registrar, threads: int | None = None):
+    """Displacement (RAS mm, fixed grid) and warped moving image of one method, 2D or 3D.
+
+    ``fixed``/``moving`` are arrays with spatial affines (for identity and the model); elastix
+    and ANTs read ``fixed_path``/``moving_path``; ``threads`` defaults to every core.
+    """
     if method == "identity":
-        res = _identity_result(pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine)
+        res = _identity_result(fixed, fixed_affine, moving, moving_affine)
         return res["ddf_mm"], res["warped"]
     if method == "elastix":
-        return classical.elastix(Path(item["fixed"]), Path(item["moving"]), threads=os.cpu_count() or 1)
-    if method == "ants_affine":
-        return classical.ants(Path(item["fixed"]), Path(item["moving"]), "Affine")
-    if method == "ants_syn":
-        return classical.ants(Path(item["fixed"]), Path(item["moving"]), "SyN")
+        return classical.elastix(Path(fixed_path), Path(moving_path), threads=threads or os.cpu_count() or 1)
+    if method in ("ants_affine", "ants_syn"):
+        return classical.ants(Path(fixed_path), Path(moving_path), "Affine" if method == "ants_affine" else "SyN")
     if method in ("model_affine", "model_full"):
-        res = registrar.register_arrays(pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, stage=method.split("_")[1])
+        res = registrar.register_arrays(fixed, fixed_affine, moving, moving_affine, stage=method.split("_")[1])
         return res["ddf_mm"], res["warped"]
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def run_method(method: str, pair: PairData, registrar: PairRegistrar) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`register_with` on a datalist pair."""
+    return register_with(
+        method, pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, pair.item["fixed"], pair.item["moving"], registrar
+    )
 
 
 def _dataset_datalist(dataset: str, per_contrast: int) -> str:
