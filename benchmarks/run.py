@@ -28,6 +28,7 @@ from bundle.inference import PairRegistrar, _read_datalist
 from bundle.data.subject import write_subject_data
 
 from . import classical
+from .null_pairs import null_datalist
 from .report import machine_line, write_section
 
 METRICS = [
@@ -39,16 +40,37 @@ METRICS = [
     ("sdlogj", "SDlogJ", "{:.3f}"),
     ("nmi", "NMI", "{:.3f}"),
 ]
-METHODS = ("identity", "elastix", "ants_affine", "ants_syn", "model_affine", "model_full")
+METHODS = (
+    "identity", "elastix", "ants_affine", "ants_syn", "fireants_affine", "fireants_greedy",
+    "network", "network_refined", "refine_from_identity",
+)
+#: what each of the project's methods runs (PairRegistrar.register_arrays keywords)
+MODEL_METHODS = {
+    "network": {"refine": False},  # centre-of-mass initialisation + network, no refinement
+    "network_refined": {"refine": True},  # + refinement warm-started from the network (the default pipeline)
+    "refine_from_identity": {"refine": True, "network": False},  # the same refinement from the initialisation alone
+    "model_affine": {"refine": False, "stage": "affine"},  # network's affine stage only
+}
 
 
-def _network(dims: int = 3):
+def _parser(dims: int = 3):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
     parser["spatial_dims"] = dims
-    return parser.get_parsed_content("network_def", instantiate=True)
+    return parser
+
+
+def _network(dims: int = 3):
+    return _parser(dims).get_parsed_content("network_def", instantiate=True)
+
+
+def _registrar(checkpoint: str, dims: int = 3) -> PairRegistrar:
+    """The registrar of ``configs/inference.json`` (initialisation and refinement as shipped)."""
+    parser = _parser(dims)
+    parser["checkpoint"] = checkpoint
+    return parser.get_parsed_content("registrar", instantiate=True)
 
 
 def register_with(method: str, fixed, fixed_affine, moving, moving_affine, fixed_path, moving_path, registrar, threads: int | None = None):
@@ -64,8 +86,10 @@ def register_with(method: str, fixed, fixed_affine, moving, moving_affine, fixed
         return classical.elastix(Path(fixed_path), Path(moving_path), threads=threads or os.cpu_count() or 1)
     if method in ("ants_affine", "ants_syn"):
         return classical.ants(Path(fixed_path), Path(moving_path), "Affine" if method == "ants_affine" else "SyN")
-    if method in ("model_affine", "model_full"):
-        res = registrar.register_arrays(fixed, fixed_affine, moving, moving_affine, stage=method.split("_")[1])
+    if method in ("fireants_affine", "fireants_greedy"):
+        return classical.fireants(Path(fixed_path), Path(moving_path), method.split("_")[1])
+    if method in MODEL_METHODS:
+        res = registrar.register_arrays(fixed, fixed_affine, moving, moving_affine, **MODEL_METHODS[method])
         return res["ddf_mm"], res["warped"]
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
@@ -104,23 +128,27 @@ DATASETS = {
 }
 
 
-def markdown(summary: dict, methods, n_pairs: int, command: str, dataset: str = "templates") -> str:
+def markdown(summary: dict, methods, n_pairs: int, command: str, dataset: str = "templates", null: dict | None = None) -> str:
     lines = [
         f"## Accuracy and time: {dataset}",
         "",
         f"Produced by `{command}` on {n_pairs} {DATASETS[dataset]},",
         f"all methods in the same run on the same machine: {machine_line()}.",
-        "Seconds per pair: the model's time covers resampling onto its grid, the network and mapping the field",
-        "back; elastix and ANTs times cover their own file reading and registration.",
+        "Seconds per pair: the model's time covers resampling onto its grid, initialisation, the network,",
+        "refinement and mapping the field back; elastix, ANTs and FireANTs times cover their own file",
+        "reading and registration. Invented motion: mean displacement (mm, in the brain) a method returns",
+        "on the aligned null pairs (one per contrast, no motion at all).",
         "",
-        "| method | " + " | ".join(name for _, name, _ in METRICS) + " | median s/pair |",
-        "|---" * (len(METRICS) + 2) + "|",
+        "| method | " + " | ".join(name for _, name, _ in METRICS) + " | invented motion mm | median s/pair |",
+        "|---" * (len(METRICS) + 3) + "|",
     ]
     for m in methods:
         s = summary.get(m)
         if not s:
             continue
         cells = [fmt.format(s[k]["mean"]) if k in s else "n/a" for k, _, fmt in METRICS]
+        invented = (null or {}).get(m, {}).get("disp_error_mean_mm", {}).get("mean")
+        cells.append("n/a" if invented is None else f"{invented:.2f}")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {s['seconds']['median']:.2f} |")
     lines += ["", "Per contrast:", "", "| method / contrast | Dice | disp. error mm | % det J <= 0 | median s/pair |", "|---|---|---|---|---|"]
     for key in sorted(k for k in summary if "/" in k):
@@ -141,42 +169,50 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--checkpoint", default=str(BUNDLE_ROOT / "models" / "model.pt"))
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "docs" / "benchmarks.md"))
-    parser.add_argument("--csv", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "metrics.csv"))
+    parser.add_argument("--csv", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "metrics.csv"), help="the data set's name is appended")
+    parser.add_argument("--null", type=int, default=1, help="also run the data set's aligned null pairs (1) or not (0)")
     args = parser.parse_args(argv)
     datalist = args.datalist or _dataset_datalist(args.dataset, args.pairs_per_contrast)
     methods = [m for m in args.methods.split(",") if m]
-    registrar = PairRegistrar(_network(3), args.checkpoint)
-    if any(m.startswith("model") for m in methods):
-        registrar.load_weights()
+    registrar = _registrar(args.checkpoint)
+    registrar.load_weights()
     items = select_items(datalist, args.section, args.pairs_per_contrast)
+    nulls = [] if args.datalist or not args.null else _read_datalist(null_datalist(args.dataset), "test")
     command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    rows, summary = [], {}
-    for i, item in enumerate(items):
+    rows, null_rows, summary = [], [], {}
+    jobs = [(item, False) for item in items] + [(item, True) for item in nulls]
+    for i, (item, is_null) in enumerate(jobs):
         pair = PairData(registrar, item)
         for method in methods:
             t0 = time.perf_counter()
             ddf_mm, warped = run_method(method, pair, registrar)
             seconds = time.perf_counter() - t0
-            rows.append(pair.row(method, pair.score(ddf_mm, warped), seconds))
-            print(f"[{i + 1}/{len(items)}] {item.get('contrast')} {method}: Dice {rows[-1]['dice_mean']:.3f} "
-                  f"err {rows[-1].get('disp_error_mean_mm', float('nan')):.2f} mm, {seconds:.1f} s", flush=True)
-        summary = write_results(rows, methods, i + 1, len(items), args, command)
+            (null_rows if is_null else rows).append(pair.row(method, pair.score(ddf_mm, warped), seconds))
+            r = (null_rows if is_null else rows)[-1]
+            print(f"[{i + 1}/{len(jobs)}] {item.get('contrast')} {method}: Dice {r['dice_mean']:.3f} "
+                  f"err {r.get('disp_error_mean_mm', float('nan')):.2f} mm, {seconds:.1f} s", flush=True)
+        if rows:
+            summary = write_results(rows, null_rows, methods, min(i + 1, len(items)), len(items), args, command, len(nulls))
     return summary
 
 
-def write_results(rows: list[dict], methods, done: int, total: int, args, command: str) -> dict:
+def write_results(rows: list[dict], null_rows: list[dict], methods, done: int, total: int, args, command: str, n_null: int = 0) -> dict:
     """Write the CSV, the JSON summary and the docs section for the pairs done so far (after every pair)."""
     summary = summarise(rows)
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    null = summarise(null_rows) if null_rows else {}
+    csv_path = Path(args.csv).with_name(f"{Path(args.csv).stem}_{args.dataset}.csv")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as f:
+        every = rows + null_rows
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in every for k in r)))
         w.writeheader()
-        w.writerows(rows)
-    text = markdown(summary, methods, done, command, args.dataset)
-    if done < total:
-        text += f"\nPartial: {done} of {total} pairs done when this was written.\n"
+        w.writerows(every)
+    text = markdown(summary, methods, done, command, args.dataset, null)
+    done_null = len(null_rows) // max(len(methods), 1)
+    if done < total or done_null < n_null:
+        text += f"\nPartial: {done} of {total} pairs and {done_null} of {n_null} null pairs done when this was written.\n"
     write_section(args.output, f"accuracy-{args.dataset}", text)
-    Path(args.csv).with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    csv_path.with_suffix(".json").write_text(json.dumps({"moved": summary, "null": null}, indent=2))
     return summary
 
 if __name__ == "__main__":

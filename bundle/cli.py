@@ -12,12 +12,27 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "exit_on_user_error", "run_config", "register", "demo", "main"]
+__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "as_bool", "exit_on_user_error", "run_config", "register", "demo", "main"]
 
 #: Exceptions that mean "bad input", reported as one line instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def as_bool(value, name: str = "value") -> bool:
+    """A config switch as a bool: ``monai.bundle run --refine false`` passes the *string* ``"false"``.
+
+    Raises:
+        ValueError: anything but a bool, 0/1 or true/false/yes/no/on/off (any case).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def exit_on_user_error(fn, *args, **kwargs):

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import as_bool
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
+from .initialise import centre_of_mass_translation, check_network_size, check_overlap
 from .io import in_parallel, save_displacement, save_image, save_itk_affine, staged_output_dir
 from .metrics import dice_per_label, jacobian_determinant
-from .networks.affine_head import centered_grid
 from .resample import grid_world_points, ras_grid_for, sample_at_world, spatial_affine
 
 __all__ = ["OUTPUT_FILES", "load_network_weights", "PairRegistrar"]
@@ -71,8 +72,11 @@ def _normalise(array: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _itk_affine_from_theta(theta: np.ndarray, net_affine: np.ndarray, net_shape) -> tuple[np.ndarray, np.ndarray]:
-    """Network ``theta`` (centred voxel coordinates) -> ITK matrix and translation in LPS mm."""
+def _itk_affine_from_theta(theta: np.ndarray, net_affine: np.ndarray, net_shape, initial_mm=None) -> tuple[np.ndarray, np.ndarray]:
+    """Network ``theta`` (centred voxel coordinates) -> ITK matrix and translation in LPS mm.
+
+    ``initial_mm``: the initialisation's world translation (RAS mm), applied after ``theta``.
+    """
     d = len(net_shape)
     c = (np.asarray(net_shape, dtype=np.float64) - 1) / 2.0
     m, t = theta[:, :d], theta[:, d]
@@ -80,6 +84,8 @@ def _itk_affine_from_theta(theta: np.ndarray, net_affine: np.ndarray, net_shape)
     t_idx[:d, :d] = m
     t_idx[:d, d] = t + c - m @ c
     world = net_affine @ t_idx @ np.linalg.inv(net_affine)
+    if initial_mm is not None:
+        world[:d, d] += np.asarray(initial_mm, dtype=np.float64)
     flip = np.diag([-1.0, -1.0] + [1.0] * (d - 2) + [1.0])
     lps = flip @ world @ flip
     return lps[:d, :d], lps[:d, d]
@@ -95,9 +101,16 @@ class PairRegistrar:
         spacing_mm: voxel size of the network grid (the training voxel size).
         size_divisor: network grid sizes are padded to multiples of this.
         overwrite: replace results already in an output folder instead of refusing.
+        initialise: align the intensity centres of mass in physical space before the network
+            (:mod:`bundle.initialise`); off, a pair whose extents do not overlap is refused.
+        refiner: a :class:`bundle.refine.InstanceRefiner` run after the network (``None``, or
+            one with ``enabled=False``: the network's result as it is).
     """
 
-    def __init__(self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False):
+    def __init__(
+        self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False,
+        initialise: bool = True, refiner=None,
+    ):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.checkpoint = checkpoint
@@ -105,7 +118,9 @@ class PairRegistrar:
         self.dims = network.spatial_dims
         self.spacing_mm = float(spacing_mm)
         self.size_divisor = int(size_divisor)
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.initialise = as_bool(initialise, "initialise")
+        self.refiner = refiner
 
     def load_weights(self) -> None:
         """Load ``checkpoint`` once (lazily, so that a bad checkpoint is a user error, not a config error)."""
@@ -118,14 +133,29 @@ class PairRegistrar:
         array, affine = load_checked_image(path, expected_dims=self.dims)
         return array.astype(np.float32), spatial_affine(affine, self.dims), affine
 
-    def _to_network_grid(self, array, affine, net_affine, net_shape) -> torch.Tensor:
+    def _to_network_grid(self, array, affine, net_affine, net_shape, shift_mm=None) -> torch.Tensor:
         lo, hi = _normalise(array)
         img = torch.from_numpy((array - lo) / (hi - lo)).clamp(0, 1)[None]
         pts = grid_world_points(net_affine, net_shape)
+        if shift_mm is not None:
+            pts += torch.as_tensor(shift_mm, dtype=pts.dtype).reshape(-1, *([1] * len(net_shape)))
         return sample_at_world(img, affine, pts, padding_mode="zeros")
 
-    def to_network_grid(self, fixed, fixed_affine, moving, moving_affine):
+    def initial_translation(self, fixed, fixed_affine, moving, moving_affine, names=("fixed", "moving")) -> np.ndarray:
+        """The initialisation's world translation (RAS mm, fixed -> moving points); zero when off.
+
+        Raises:
+            ValueError: initialisation off and the images' physical extents do not overlap.
+        """
+        if self.initialise:
+            return centre_of_mass_translation(fixed, fixed_affine, moving, moving_affine)
+        check_overlap(fixed_affine, fixed.shape, moving_affine, moving.shape, names)
+        return np.zeros(fixed.ndim)
+
+    def to_network_grid(self, fixed, fixed_affine, moving, moving_affine, shift_mm=None):
         """Both images normalised to [0, 1] on the network's RAS grid covering the fixed image.
+
+        The moving image is sampled at the grid's points moved by ``shift_mm`` (the initialisation).
 
         Returns:
             ``(moving, fixed, net_affine, net_shape)``; images are ``(1, 1, *net_shape)`` tensors
@@ -133,7 +163,7 @@ class PairRegistrar:
         """
         net_affine, net_shape = ras_grid_for(fixed_affine, fixed.shape, self.spacing_mm, self.size_divisor)
         f = self._to_network_grid(fixed, fixed_affine, net_affine, net_shape)
-        m = self._to_network_grid(moving, moving_affine, net_affine, net_shape)
+        m = self._to_network_grid(moving, moving_affine, net_affine, net_shape, shift_mm)
         return m[None], f[None], net_affine, net_shape
 
     def load_pair(self, fixed_path, moving_path):
@@ -143,7 +173,8 @@ class PairRegistrar:
         return fixed, fixed_aff, fixed_aff4, moving, moving_aff
 
     def register_arrays(
-        self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str = "full"
+        self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str = "full",
+        refine: bool | None = None, network: bool = True, names: tuple[str, str] = ("fixed", "moving"),
     ) -> dict:
         """Register arrays with spatial affines; returns fields on the fixed grid (numpy).
 
@@ -151,41 +182,71 @@ class PairRegistrar:
             fixed, moving: spatial-first arrays.
             fixed_affine, moving_affine: their spatial affines (see ``resample.spatial_affine``).
             stage: ``"full"`` (affine then deformable) or ``"affine"`` (affine stage only).
+            refine: run the refiner (default: when one is configured and enabled).
+            network: start the refinement from the network's prediction; ``False`` starts it
+                from the identity (measures what the network contributes).
+            names: how errors name the two images.
 
         Returns:
             dict with ``ddf_mm`` (dims, *fixed.shape) RAS mm, ``ddf_voxel`` (fixed voxels),
-            ``warped``, ``theta``, ``net_affine``, ``net_shape``, ``seconds`` per stage.
+            ``warped``, ``theta``, ``initial_translation_mm``, ``refinement`` (per-stage stats),
+            ``net_affine``, ``net_shape``, ``seconds`` per stage.
         """
-        t0 = time.perf_counter()
-        self.load_weights()
-        m, f, net_affine, net_shape = self.to_network_grid(fixed, fixed_affine, moving, moving_affine)
-        m, f = m[0], f[0]
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            out = self.network.register(m[None].to(self.device), f[None].to(self.device), bidirectional=False, synthesis=False).forward
         if stage not in ("full", "affine"):
             raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
-        ddf_vox = (out.ddf if stage == "full" else out.ddf_affine)[0].cpu().double()
-        theta = out.theta[0].cpu().double().numpy()
+        t0 = time.perf_counter()
+        self.load_weights()
+        check_network_size(fixed.shape, fixed_affine, self.spacing_mm, self.size_divisor, names[0])
+        check_network_size(moving.shape, moving_affine, self.spacing_mm, self.size_divisor, names[1])
+        t_init = self.initial_translation(fixed, fixed_affine, moving, moving_affine, names)
+        m, f, net_affine, net_shape = self.to_network_grid(fixed, fixed_affine, moving, moving_affine, t_init)
+        m, f = m[0][None].to(self.device), f[0][None].to(self.device)
+        refiner = self.refiner if (refine is None or refine) else None
+        if refine and refiner is None:
+            raise ValueError("refine=True needs a refiner")
+        refining = refiner is not None and refiner.enabled and (refine is None or refine)
+        t1 = time.perf_counter()
+        synthesis = refining and refiner.needs_synthesis
+        with torch.no_grad():
+            out = self.network.register(m, f, bidirectional=False, synthesis=synthesis).forward
         t2 = time.perf_counter()
+        stats: dict = {}
+        if refining:
+            theta0, velocity0 = out.theta, out.velocity
+            identity = torch.cat([torch.eye(self.dims), torch.zeros(self.dims, 1)], 1)[None].to(out.theta)
+            if not network:
+                theta0, velocity0 = identity, torch.zeros_like(out.velocity)
+            starts = [identity] if network and refiner.multistart else []
+            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, out.synth, starts)
+            ddf_vox, theta, stats = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats
+        else:
+            ddf_vox, theta = (out.ddf if stage == "full" else out.ddf_affine), out.theta
+        ddf_vox = ddf_vox[0].cpu().double()
+        theta = theta[0].cpu().double().numpy()
+        t3 = time.perf_counter()
         d = self.dims
         # float32 from here: mm coordinates keep ~1e-5 mm precision, at half the time and memory of float64
         ddf_mm_net = torch.einsum("ij,j...->i...", torch.as_tensor(net_affine[:d, :d], dtype=torch.float32), ddf_vox.float())
+        if self.initialise:
+            ddf_mm_net += torch.as_tensor(t_init, dtype=torch.float32).reshape(d, *([1] * d))
         fixed_pts = grid_world_points(fixed_affine, fixed.shape)
         ddf_mm = sample_at_world(ddf_mm_net, net_affine, fixed_pts, padding_mode="border")
         lo, hi = float(moving.min()), float(moving.max())
         warped = sample_at_world(torch.from_numpy(moving)[None], moving_affine, fixed_pts.add_(ddf_mm), padding_mode="zeros")[0]
         inv = torch.as_tensor(np.linalg.inv(fixed_affine[:d, :d]), dtype=torch.float32)
         ddf_voxel = torch.einsum("ij,j...->i...", inv, ddf_mm)
-        t3 = time.perf_counter()
+        t4 = time.perf_counter()
+        seconds = {"preprocess": t1 - t0, "network": t2 - t1, "refine": t3 - t2, "resample": t4 - t3}
         return {
             "ddf_mm": ddf_mm.numpy(),
             "ddf_voxel": ddf_voxel.numpy(),
             "warped": warped.clamp(lo, hi).numpy(),
             "theta": theta,
+            "initial_translation_mm": t_init,
+            "refinement": stats,
             "net_affine": net_affine,
             "net_shape": net_shape,
-            "seconds": {"preprocess": t1 - t0, "network": t2 - t1, "resample": t3 - t2},
+            "seconds": seconds,
         }
 
     # -- files ------------------------------------------------------------------------------
@@ -205,7 +266,7 @@ class PairRegistrar:
             if lab is not None:
                 check_label_grid(img, lab)
         t_load = time.perf_counter() - t0
-        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff)
+        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff, names=(str(fixed_path), str(moving_path)))
         t1 = time.perf_counter()
         det = jacobian_determinant(torch.from_numpy(res["ddf_voxel"])[None])[0, 0].numpy()
         metrics = {
@@ -214,11 +275,13 @@ class PairRegistrar:
             "folding_percent": float(100.0 * np.mean(det <= 0)),  # same as metrics.folding_percent, from det
             "jacobian_min": float(det.min()),
             "theta": res["theta"].tolist(),
+            "initial_translation_mm": [float(v) for v in res["initial_translation_mm"]],
+            "refinement": res["refinement"],
             "seconds": {"load": t_load, **res["seconds"], "jacobian": time.perf_counter() - t1},
         }
         with staged_output_dir(output_dir) as stage:
             t1 = time.perf_counter()
-            mat, trans = _itk_affine_from_theta(res["theta"], res["net_affine"], res["net_shape"])
+            mat, trans = _itk_affine_from_theta(res["theta"], res["net_affine"], res["net_shape"], res["initial_translation_mm"])
             in_parallel(  # gzip releases the GIL: the three volumes compress side by side
                 lambda: save_image(stage / "warped_moving.nii.gz", res["warped"], fixed_aff4),
                 lambda: save_displacement(stage / "ddf_mm.nii.gz", res["ddf_voxel"], fixed_aff4),

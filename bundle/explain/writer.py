@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..data.validation import _check_dims, _read
+from ..cli import as_bool
 from ..inference import PairRegistrar, _read_datalist
 from ..io import save_image, staged_output_dir
 from ..resample import grid_world_points, sample_at_world, spatial_affine
@@ -56,6 +57,10 @@ class ExplanationWriter:
             resampled in world coordinates).
         method: ``"gradcam"`` / ``"hirescam"`` for every stage; ``None`` keeps each stage's.
         overwrite: replace explanations already in an output folder instead of refusing.
+        initialise: centre-of-mass initialisation before the network (as in inference).
+        refiner: the :class:`bundle.refine.InstanceRefiner` of inference; when enabled, its stages
+            are explained too (``refine_affine``, ``refine_deformable``: similarity-gradient maps,
+            :mod:`bundle.explain.refinement`) and the summary shows the refined result.
     """
 
     def __init__(
@@ -70,9 +75,12 @@ class ExplanationWriter:
         roi_mask: str | os.PathLike | None = None,
         method: str | None = None,
         overwrite: bool = False,
+        initialise: bool = True,
+        refiner=None,
     ):
         divisor = int(size_divisor) if size_divisor else int(network.size_divisor)
-        self.registrar = PairRegistrar(network, checkpoint, device, spacing_mm, divisor, overwrite)
+        self.registrar = PairRegistrar(network, checkpoint, device, spacing_mm, divisor, overwrite, initialise, refiner)
+        self.refiner = refiner
         self.network = self.registrar.network
         self.dims = self.registrar.dims
         self.device = self.registrar.device
@@ -84,7 +92,7 @@ class ExplanationWriter:
             raise ValueError(f"targets given for stage(s) {sorted(unknown)} that are not selected ({list(self.stages)}).")
         self.roi_mask = roi_mask
         self.method = method
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_bool(overwrite, "overwrite")
 
     def _check_output_dir(self, output_dir: Path) -> None:
         if not output_dir.is_dir() or self.overwrite:
@@ -104,6 +112,17 @@ class ExplanationWriter:
         if float(on_grid.sum()) == 0:
             raise ValueError(f"{path}: ROI mask is empty (or outside the fixed image) on the network grid")
         return on_grid[None].to(self.device)
+
+    def _refinement_maps(self, m: torch.Tensor, f: torch.Tensor, res: dict) -> list:
+        """Similarity-gradient maps of the refinement, started from the network's own prediction."""
+        from .refinement import refinement_explanations
+
+        with torch.no_grad():
+            out = self.network.register(m, f, bidirectional=False, synthesis=self.refiner.needs_synthesis).forward
+        theta_refined = torch.as_tensor(res["theta"], dtype=out.theta.dtype, device=out.theta.device)[None]
+        return refinement_explanations(
+            self.refiner, m, f, out.theta, out.velocity, theta_refined, self.network.deformable_head.integrate, out.synth
+        )
 
     def explain_files(self, fixed_path, moving_path, output_dir, roi_mask=None) -> dict:
         """Explain the registration of ``moving_path`` onto ``fixed_path`` and write the outputs.
@@ -126,7 +145,9 @@ class ExplanationWriter:
         reg = self.registrar
         reg.load_weights()
         fixed, fixed_aff, fixed_aff4, moving, moving_aff = reg.load_pair(fixed_path, moving_path)
-        m, f, net_affine, net_shape = reg.to_network_grid(fixed, fixed_aff, moving, moving_aff)
+        names = (str(fixed_path), str(moving_path))
+        t_init = reg.initial_translation(fixed, fixed_aff, moving, moving_aff, names)
+        m, f, net_affine, net_shape = reg.to_network_grid(fixed, fixed_aff, moving, moving_aff, t_init)
         m, f = m.to(self.device), f.to(self.device)
         roi_path = roi_mask if roi_mask is not None else self.roi_mask
         roi = None if roi_path is None else self._roi_on_grid(roi_path, net_affine, net_shape)
@@ -138,7 +159,13 @@ class ExplanationWriter:
         for ex in explanations:
             on_fixed = sample_at_world(ex.attribution[0].detach().double().cpu(), net_affine, fixed_pts, padding_mode="zeros")[0]
             maps.append((ex, on_fixed.clamp_min(0).numpy().astype(np.float32)))
-        res = reg.register_arrays(fixed, fixed_aff, moving, moving_aff)
+        res = reg.register_arrays(fixed, fixed_aff, moving, moving_aff, names=names)
+        if self.refiner is not None and self.refiner.enabled:
+            explanations += self._refinement_maps(m, f, res)
+            for ex in explanations[len(maps):]:
+                on_fixed = sample_at_world(ex.attribution[0].detach().double().cpu(), net_affine, fixed_pts, padding_mode="zeros")[0]
+                maps.append((ex, on_fixed.clamp_min(0).numpy().astype(np.float32)))
+        t_refine = time.perf_counter()
         moving_on_fixed = sample_at_world(torch.from_numpy(moving).double()[None], moving_aff, fixed_pts)[0].numpy()
         summary = {
             "fixed": str(fixed_path),
@@ -146,7 +173,9 @@ class ExplanationWriter:
             "roi_mask": None if roi_path is None else str(roi_path),
             "network_grid": {"shape": list(net_shape), "spacing_mm": self.spacing_mm},
             "maps": [],
-            "seconds": {"load": t1 - t0, "explain": t2 - t1},
+            "initial_translation_mm": [float(v) for v in res["initial_translation_mm"]],
+            "refinement": res["refinement"],
+            "seconds": {"load": t1 - t0, "explain": t2 - t1, "register_and_explain_refinement": t_refine - t2},
         }
         with staged_output_dir(output_dir) as stage_dir:
             t3 = time.perf_counter()

@@ -11,7 +11,22 @@ from monai.networks.blocks import Convolution, DVF2DDF
 
 from .decoder import PyramidDecoder
 
-__all__ = ["DeformableHead"]
+__all__ = ["DeformableHead", "field_to_ddf"]
+
+
+def field_to_ddf(field: torch.Tensor, image_size, integrate: nn.Module | None = None) -> torch.Tensor:
+    """Displacement on ``image_size`` (voxel units) of a field predicted on a coarser grid.
+
+    The field is integrated on its own grid when ``integrate`` (MONAI ``DVF2DDF``) is given,
+    then upsampled (trilinear) with its vectors scaled to the finer voxels.
+    """
+    ddf = integrate(field) if integrate is not None else field
+    if tuple(ddf.shape[2:]) != tuple(image_size):
+        dims = len(image_size)
+        factor = torch.as_tensor([s / d for s, d in zip(image_size, ddf.shape[2:])], dtype=ddf.dtype, device=ddf.device)
+        ddf = F.interpolate(ddf, size=tuple(image_size), mode="bilinear" if dims == 2 else "trilinear", align_corners=False)
+        ddf = ddf * factor.view(1, -1, *([1] * dims))
+    return ddf
 
 
 class DeformableHead(nn.Module):
@@ -52,10 +67,5 @@ class DeformableHead(nn.Module):
         """Return ``(ddf, field)``: the displacement on the image grid and the raw predicted field."""
         pyramid = [torch.cat([m, f], dim=1) for m, f in zip(moving_feats, fixed_feats)]
         field = self.output(self.decoder(pyramid))
-        ddf = self.integrate(field) if self.integrate is not None else field
-        if tuple(ddf.shape[2:]) != tuple(image_size):
-            factor = torch.as_tensor([s / d for s, d in zip(image_size, ddf.shape[2:])], dtype=ddf.dtype, device=ddf.device)
-            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-            ddf = F.interpolate(ddf, size=tuple(image_size), mode=mode, align_corners=False)
-            ddf = ddf * factor.view(1, -1, *([1] * self.spatial_dims))
+        ddf = field_to_ddf(field, image_size, self.integrate)
         return ddf, field

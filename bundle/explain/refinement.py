@@ -1,0 +1,88 @@
+"""Explanations of the refinement stage: where its update came from.
+
+The refinement moves the image by gradient steps on a similarity, so the honest answer to
+"why did it move this" is that similarity's gradient. At the point the refinement starts
+from (the network's prediction), the gradient of the similarity ``S`` with respect to the
+displacement at each voxel, ``g(v) = dS/du(v)``, is the voxel-wise force; by the chain rule
+each refined parameter's gradient is the sum over voxels of its share:
+
+* affine parameter ``theta_ij``: ``c(v) = g_i(v) * p_j(v)`` (``p``: centred voxel coordinates;
+  ``p_j = 1`` for the translation column), ``sum_v c(v) = dS/dtheta_ij``;
+* velocity field: ``|g(v)|``, the magnitude of the force at the refined affine.
+
+Each map is ``|c(v)|`` on the network grid, returned as :class:`bundle.explain.gradcam.Explanation`
+objects (method ``"similarity_gradient"``) so the writer stores them with the Grad-CAM maps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..networks.affine_head import affine_to_ddf, centered_grid
+from ..networks.deformable_head import field_to_ddf
+from ..networks.regnet import compose_ddf
+from ..refine import InstanceRefiner
+from .gradcam import Explanation
+
+__all__ = ["affine_parameter_names", "refinement_explanations"]
+
+_AXES = "xyz"
+
+
+def affine_parameter_names(dims: int) -> list[tuple[int, int, str]]:
+    """``(row, column, name)`` of every affine parameter: ``matrix_xy``..., ``translation_x``..."""
+    out = [(i, j, f"matrix_{_AXES[i]}{_AXES[j]}") for i in range(dims) for j in range(dims)]
+    return out + [(i, dims, f"translation_{_AXES[i]}") for i in range(dims)]
+
+
+def _similarity_and_force(refiner: InstanceRefiner, name: str, moving, fixed, synth, ddf: torch.Tensor):
+    """``S`` (higher is better) at ``ddf`` and its gradient with respect to ``ddf``."""
+    from ..losses.mind import mind_ssc
+
+    dims = moving.ndim - 2
+    loss_fn, _ = refiner._similarity(name, dims)
+    src = synth if name == "lncc" else moving
+    tgt = fixed
+    if name == "mind":
+        src, tgt = mind_ssc(src), mind_ssc(tgt)
+    with torch.enable_grad():
+        u = ddf.detach().clone().requires_grad_(True)
+        s = -loss_fn(refiner.warp(src, u), tgt)
+        (g,) = torch.autograd.grad(s, u)
+    return float(s), g
+
+
+def refinement_explanations(
+    refiner: InstanceRefiner, moving: torch.Tensor, fixed: torch.Tensor, theta_start: torch.Tensor, velocity_start: torch.Tensor,
+    theta_refined: torch.Tensor, integrate=None, synth: torch.Tensor | None = None,
+) -> list[Explanation]:
+    """Similarity-gradient maps of the affine and deformable refinement stages (batch of one).
+
+    Args:
+        refiner: the configured :class:`InstanceRefiner` (its similarities are explained).
+        moving, fixed: ``(1, 1, *S)`` images on the network grid.
+        theta_start, velocity_start: where the refinement started (the network's prediction).
+        theta_refined: the refined affine (the deformable stage starts from it).
+        integrate: the network's ``DVF2DDF``.
+        synth: the synthesised moving image (for ``"lncc"``).
+    """
+    size = tuple(moving.shape[2:])
+    dims = len(size)
+    out = []
+    value, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta_start, size))
+    grid = centered_grid(size, device=g.device, dtype=g.dtype)
+    for i, j, name in affine_parameter_names(dims):
+        share = g[:, i : i + 1] * (grid[j] if j < dims else 1.0)
+        out.append(Explanation(
+            "refine_affine", "similarity", name,
+            f"share of each voxel in d{refiner.affine_similarity.upper()}/d{name} at the network's affine (sum = the gradient)",
+            share.sum(dim=tuple(range(1, dims + 2))), share.abs(), "similarity_gradient",
+        ))
+    ddf = compose_ddf(affine_to_ddf(theta_refined, size), field_to_ddf(velocity_start, size, integrate), refiner.field_warp)
+    value, g = _similarity_and_force(refiner, refiner.deformable_similarity, moving, fixed, synth, ddf)
+    out.append(Explanation(
+        "refine_deformable", "similarity", "force_magnitude",
+        f"|d{refiner.deformable_similarity.upper()}/du| per voxel where the velocity refinement starts (value: the similarity)",
+        torch.tensor([value]), g.norm(dim=1, keepdim=True), "similarity_gradient",
+    ))
+    return out
