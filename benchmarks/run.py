@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
     nulls = [] if args.datalist or not args.null else _read_datalist(null_datalist(args.dataset), "test")
     command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     rows, null_rows, summary = [], [], {}
-    jobs = [(item, False) for item in items] + [(item, True) for item in nulls]
+    jobs = [(item, True) for item in nulls] + [(item, False) for item in items]  # the few null pairs first
     for i, (item, is_null) in enumerate(jobs):
         pair = PairData(registrar, item)
         for method in methods:
@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
             print(f"[{i + 1}/{len(jobs)}] {item.get('contrast')} {method}: Dice {r['dice_mean']:.3f} "
                   f"err {r.get('disp_error_mean_mm', float('nan')):.2f} mm, {seconds:.1f} s", flush=True)
         if rows:
-            summary = write_results(rows, null_rows, methods, min(i + 1, len(items)), len(items), args, command, len(nulls))
+            summary = write_results(rows, null_rows, methods, len(rows) // len(methods), len(items), args, command, len(nulls))
     return summary
 
 

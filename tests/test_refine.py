@@ -124,3 +124,28 @@ def test_overlap_and_size_checks_name_the_files():
     check_network_size((16, 16, 16), a, 2.0, 16)
     with pytest.raises(ValueError, match=r"^tiny.nii: image too small for the network: it spans 16x16x4 voxels"):
         check_network_size((16, 16, 4), a, 2.0, 16, "tiny.nii")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_refinement_maps_decompose_the_similarity_gradient(dims):
+    """Each affine map's voxel shares sum to d similarity / d parameter (autograd), and point where the image differs."""
+    from bundle.explain.refinement import affine_parameter_names, refinement_explanations
+
+    n = 32
+    fixed = _blobs(dims, n, seed=3)
+    shift = [2.0] + [0.0] * (dims - 1)
+    moving = Warp(mode="bilinear", padding_mode="zeros")(fixed, affine_to_ddf(_rotation(dims, 0.0, shift), fixed.shape[2:]))
+    refiner = InstanceRefiner(levels=[1], affine_iterations=1, deformable_iterations=0, multistart=False)
+    theta = IDENTITY[dims].clone()
+    maps = refinement_explanations(refiner, moving, fixed, theta, torch.zeros((1, dims) + (n // 4,) * dims), theta)
+    names = [m.target for m in maps]
+    assert names == [name for _, _, name in affine_parameter_names(dims)] + ["force_magnitude"]
+    p = theta.clone().requires_grad_(True)
+    loss_fn, _ = refiner._similarity("mi", dims)
+    (grad,) = torch.autograd.grad(-loss_fn(refiner.warp(moving, affine_to_ddf(p, fixed.shape[2:])), fixed), p)
+    for (i, j, _), m in zip(affine_parameter_names(dims), maps):
+        assert float(m.value[0]) == pytest.approx(float(grad[0, i, j]), rel=1e-3, abs=1e-6)
+        assert m.attribution.shape == fixed.shape and float(m.attribution.min()) >= 0
+    tx = maps[[m.target for m in maps].index("translation_x")].attribution[0, 0]
+    outside = fixed[0, 0] == 0
+    assert float(tx[~outside].mean()) > 10 * float(tx[outside].mean() + 1e-12)

@@ -46,10 +46,13 @@ def test_explain_config_writes_maps_on_the_fixed_grid_and_refuses_to_overwrite(s
     fixed = nib.load(base / item["fixed"])
     summary = json.loads((out / "explanations.json").read_text())
     stages = [(m["stage"], m["target"]) for m in summary["maps"]]
+    refine_affine = [("refine_affine", f"matrix_{a}{b}") for a in "xyz" for b in "xyz"] + [("refine_affine", f"translation_{a}") for a in "xyz"]
     assert stages == [
         ("encoder", "similarity"), ("decoder_ab", "synthesis_l1"), ("decoder_ba", "synthesis_ba_l1"),
         ("affine", "translation_x_mm"), ("affine", "rotation_z"), ("deformable", "displacement_rms_mm"),
+        *refine_affine, ("refine_deformable", "force_magnitude"),
     ]
+    assert summary["refinement"]["affine"]["iterations"] > 0 and "initial_translation_mm" in summary
     for entry in summary["maps"]:
         img = nib.load(out / entry["nifti"])
         assert img.shape == fixed.shape, entry["nifti"]
