@@ -24,7 +24,7 @@ from ..networks.regnet import compose_ddf
 from ..refine import InstanceRefiner
 from .gradcam import Explanation
 
-__all__ = ["affine_parameter_names", "refinement_explanations"]
+__all__ = ["affine_parameter_names", "refinement_explanations", "refinement_deletion_check"]
 
 _AXES = "xyz"
 
@@ -85,4 +85,56 @@ def refinement_explanations(
         f"|d{refiner.deformable_similarity.upper()}/du| per voxel where the velocity refinement starts (value: the similarity)",
         torch.tensor([value]), g.norm(dim=1, keepdim=True), "similarity_gradient",
     ))
+    return out
+
+
+def _affine_gradient(refiner: InstanceRefiner, moving, fixed, theta, synth=None) -> torch.Tensor:
+    """``dS/dtheta`` of the affine similarity (batch of one), the scalar each affine map explains."""
+    size = tuple(moving.shape[2:])
+    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta, size))
+    grid = centered_grid(size, device=g.device, dtype=g.dtype)
+    dims = len(size)
+    out = torch.zeros(dims, dims + 1, dtype=g.dtype)
+    for i, j, _ in affine_parameter_names(dims):
+        out[i, j] = (g[:, i] * (grid[j] if j < dims else 1.0)).sum()
+    return out
+
+
+def refinement_deletion_check(
+    refiner: InstanceRefiner, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, maps: list[Explanation],
+    fraction: float = 0.1, n_random: int = 5, sigma: float = 4.0, baseline: str = "voxels", seed: int = 0,
+) -> dict[str, float]:
+    """Deletion test of the ``refine_affine`` maps: blurring the most attributed voxels (both images)
+    must change the explained gradient more than blurring random ones of equal number.
+
+    Args:
+        refiner, moving, fixed, theta: as for :func:`refinement_explanations` (``theta``: the start).
+        maps: its ``refine_affine`` explanations.
+        fraction, n_random, sigma, baseline, seed: as in :func:`bundle.explain.sanity.deletion_check`.
+
+    Returns:
+        ``{parameter name: top change / mean random change}``.
+    """
+    from .sanity import _random_mask, _shifted_mask, _top_mask, blur_voxels
+
+    x = torch.cat([moving, fixed], dim=1)
+    k = max(1, int(round(fraction * moving[0, 0].numel())))
+    base = _affine_gradient(refiner, moving, fixed, theta)
+    gen = torch.Generator().manual_seed(seed)
+    names = {name: (i, j) for i, j, name in affine_parameter_names(moving.ndim - 2)}
+
+    def change(mask, i, j):
+        y = blur_voxels(x, mask, sigma)
+        return abs(float(_affine_gradient(refiner, y[:, :1], y[:, 1:], theta)[i, j] - base[i, j]))
+
+    out = {}
+    for ex in maps:
+        if ex.stage != "refine_affine":
+            continue
+        i, j = names[ex.target]
+        top = _top_mask(ex.attribution.detach().cpu(), k)
+        rand = []
+        for _ in range(n_random):
+            rand.append(change(_random_mask(ex.attribution.shape, k, gen) if baseline == "voxels" else _shifted_mask(top, gen), i, j))
+        out[ex.target] = change(top, i, j) / max(sum(rand) / len(rand), 1e-12)
     return out
