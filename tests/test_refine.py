@@ -168,3 +168,14 @@ def test_refinement_maps_pass_the_deletion_check(dims):
     ratios = refinement_deletion_check(refiner, moving, fixed, theta, maps, sigma=2.0, n_random=3)
     assert len(ratios) == dims * (dims + 1)
     assert ratios["translation_x"] > 2.0, ratios
+
+
+def test_switches_from_the_command_line_are_parsed_as_booleans():
+    """``monai.bundle run --refine false`` passes the string 'false', which must switch refinement off."""
+    from bundle.cli import as_bool
+
+    assert InstanceRefiner(enabled="false").enabled is False
+    assert InstanceRefiner(enabled="True", multistart="0").enabled is True
+    assert as_bool("off") is False and as_bool(1) is True
+    with pytest.raises(ValueError, match="refine must be true or false, got 'maybe'"):
+        InstanceRefiner(enabled="maybe")
