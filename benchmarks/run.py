@@ -170,6 +170,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", default=str(BUNDLE_ROOT / "models" / "model.pt"))
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--csv", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "metrics.csv"), help="the data set's name is appended")
+    parser.add_argument("--tag", default="", help="suffix of the docs section and CSV (a supplementary run keeps the main one)")
     parser.add_argument("--null", type=int, default=1, help="also run the data set's aligned null pairs (1) or not (0)")
     args = parser.parse_args(argv)
     datalist = args.datalist or _dataset_datalist(args.dataset, args.pairs_per_contrast)
@@ -200,7 +201,7 @@ def write_results(rows: list[dict], null_rows: list[dict], methods, done: int, t
     """Write the CSV, the JSON summary and the docs section for the pairs done so far (after every pair)."""
     summary = summarise(rows)
     null = summarise(null_rows) if null_rows else {}
-    csv_path = Path(args.csv).with_name(f"{Path(args.csv).stem}_{args.dataset}.csv")
+    csv_path = Path(args.csv).with_name(f"{Path(args.csv).stem}_{args.dataset}{args.tag}.csv")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="") as f:
         every = rows + null_rows
@@ -211,7 +212,7 @@ def write_results(rows: list[dict], null_rows: list[dict], methods, done: int, t
     done_null = len(null_rows) // max(len(methods), 1)
     if done < total or done_null < n_null:
         text += f"\nPartial: {done} of {total} pairs and {done_null} of {n_null} null pairs done when this was written.\n"
-    write_section(args.output, f"accuracy-{args.dataset}", text)
+    write_section(args.output, f"accuracy-{args.dataset}{args.tag}", text)
     csv_path.with_suffix(".json").write_text(json.dumps({"moved": summary, "null": null}, indent=2))
     return summary
 
