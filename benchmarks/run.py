@@ -50,6 +50,7 @@ MODEL_METHODS = {
     "network_refined": {"refine": True},  # + refinement warm-started from the network (the default pipeline)
     "refine_from_identity": {"refine": True, "network": False},  # the same refinement from the initialisation alone
     "model_affine": {"refine": False, "stage": "affine"},  # network's affine stage only
+    "model_full": {"refine": False},  # the network without refinement (the ITK-slice benchmark's name)
 }
 
 
