@@ -200,11 +200,11 @@ class PairRegistrar:
         check_network_size(moving.shape, moving_affine, self.spacing_mm, self.size_divisor, names[1])
         t_init = self.initial_translation(fixed, fixed_affine, moving, moving_affine, names)
         m, f, net_affine, net_shape = self.to_network_grid(fixed, fixed_affine, moving, moving_affine, t_init)
-        m, f = m[0][None].to(self.device), f[0][None].to(self.device)
-        refiner = self.refiner if (refine is None or refine) else None
+        m, f = m.to(self.device), f.to(self.device)
+        refiner = self.refiner
         if refine and refiner is None:
             raise ValueError("refine=True needs a refiner")
-        refining = refiner is not None and refiner.enabled and (refine is None or refine)
+        refining = refiner is not None and refiner.enabled and (refine is None or bool(refine))
         t1 = time.perf_counter()
         synthesis = refining and refiner.needs_synthesis
         with torch.no_grad():
@@ -227,8 +227,7 @@ class PairRegistrar:
         d = self.dims
         # float32 from here: mm coordinates keep ~1e-5 mm precision, at half the time and memory of float64
         ddf_mm_net = torch.einsum("ij,j...->i...", torch.as_tensor(net_affine[:d, :d], dtype=torch.float32), ddf_vox.float())
-        if self.initialise:
-            ddf_mm_net += torch.as_tensor(t_init, dtype=torch.float32).reshape(d, *([1] * d))
+        ddf_mm_net += torch.as_tensor(t_init, dtype=torch.float32).reshape(d, *([1] * d))  # zero without initialisation
         fixed_pts = grid_world_points(fixed_affine, fixed.shape)
         ddf_mm = sample_at_world(ddf_mm_net, net_affine, fixed_pts, padding_mode="border")
         lo, hi = float(moving.min()), float(moving.max())

@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
-__all__ = ["intensity_centre_mm", "centre_of_mass_translation", "physical_extent", "check_overlap", "check_network_size"]
+from .resample import physical_extent
+
+__all__ = ["intensity_centre_mm", "centre_of_mass_translation", "check_overlap", "check_network_size"]
 
 
 def intensity_centre_mm(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -31,21 +34,13 @@ def intensity_centre_mm(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
     total = w.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError(f"image of shape {image.shape} has no intensity above its minimum: no centre of mass")
-    centre = np.array([(w.sum(axis=tuple(a for a in range(dims) if a != k)) * np.arange(image.shape[k])).sum() for k in range(dims)]) / total
+    centre = np.asarray(ndimage.center_of_mass(w))
     return affine[:dims, :dims] @ centre + affine[:dims, dims]
 
 
 def centre_of_mass_translation(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> np.ndarray:
     """Translation ``t`` (RAS mm) taking the fixed intensity centre of mass onto the moving one."""
     return intensity_centre_mm(moving, moving_affine) - intensity_centre_mm(fixed, fixed_affine)
-
-
-def physical_extent(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper world corners (RAS mm) of the box spanned by a grid's voxel centres."""
-    dims = len(shape)
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(dims, -1)
-    world = affine[:dims, :dims] @ corners + affine[:dims, dims : dims + 1]
-    return world.min(axis=1), world.max(axis=1)
 
 
 def check_overlap(fixed_affine, fixed_shape, moving_affine, moving_shape, names: tuple[str, str] = ("fixed", "moving")) -> None:

@@ -138,26 +138,30 @@ class InstanceRefiner:
         return "lncc" in (self.affine_similarity, self.deformable_similarity)
 
     # -- similarity ---------------------------------------------------------------------------
-    def _similarity(self, name: str, dims: int) -> tuple[nn.Module, bool]:
-        """The loss (lower is better) and whether it compares MIND descriptors."""
+    def similarity_loss(self, name: str, dims: int) -> nn.Module:
+        """The loss (lower is better) of a similarity; ``"mind"`` compares descriptors (see :meth:`source_target`)."""
         if name == "mi":
-            return SparseMutualInformationLoss(num_bins=self.num_bins), False
+            return SparseMutualInformationLoss(num_bins=self.num_bins)
         if name == "lncc":
-            return LocalNormalizedCrossCorrelationLoss(spatial_dims=dims, kernel_size=self.lncc_kernel, kernel_type="rectangular"), False
-        return MINDSSCLoss(descriptors=True), True
+            return LocalNormalizedCrossCorrelationLoss(spatial_dims=dims, kernel_size=self.lncc_kernel, kernel_type="rectangular")
+        return MINDSSCLoss(descriptors=True)
+
+    def source_target(self, name: str, moving, fixed, synth=None, factor: int = 1):
+        """What a similarity compares at pyramid factor ``factor``: (source to warp, target).
+
+        ``"lncc"`` warps the synthesised moving image; ``"mind"`` compares MIND-SSC descriptors
+        of the pooled images.
+        """
+        if name == "lncc" and synth is None:
+            raise ValueError("the 'lncc' refinement similarity needs the network's synthesised moving image")
+        src, tgt = _pool(synth if name == "lncc" else moving, factor), _pool(fixed, factor)
+        if name == "mind":
+            src, tgt = mind_ssc(src), mind_ssc(tgt)
+        return src, tgt
 
     def _pyramid(self, name: str, moving, fixed, synth):
         """Per level: (source image to warp, target) for a similarity."""
-        if name == "lncc" and synth is None:
-            raise ValueError("the 'lncc' refinement similarity needs the network's synthesised moving image")
-        source = synth if name == "lncc" else moving
-        out = []
-        for s in self.levels:
-            src, tgt = _pool(source, s), _pool(fixed, s)
-            if name == "mind":
-                src, tgt = mind_ssc(src), mind_ssc(tgt)
-            out.append((src, tgt))
-        return out
+        return [self.source_target(name, moving, fixed, synth, s) for s in self.levels]
 
     # -- stages -------------------------------------------------------------------------------
     def _optimise(self, params, objective, iterations: int, lr: float) -> tuple[int, float, float]:
@@ -232,7 +236,7 @@ class InstanceRefiner:
     def _refine_affine(self, moving, fixed, synth, theta0, stats, starts=()) -> torch.Tensor:
         t0 = time.perf_counter()
         dims = moving.ndim - 2
-        loss_fn, _ = self._similarity(self.affine_similarity, dims)
+        loss_fn = self.similarity_loss(self.affine_similarity, dims)
         pyramid = self._pyramid(self.affine_similarity, moving, fixed, synth)
         half = torch.as_tensor([s / 2.0 for s in moving.shape[2:]], dtype=theta0.dtype).view(1, dims, 1)
 
@@ -274,7 +278,7 @@ class InstanceRefiner:
             return velocity0
         t0 = time.perf_counter()
         dims = moving.ndim - 2
-        loss_fn, _ = self._similarity(self.deformable_similarity, dims)
+        loss_fn = self.similarity_loss(self.deformable_similarity, dims)
         pyramid = self._pyramid(self.deformable_similarity, moving, fixed, synth)
         velocity = velocity0.clone().requires_grad_(True)
         reg = lambda v: self.regularisation * self.smoothness(v) if self.regularisation > 0 and min(v.shape[2:]) > 2 else v.new_zeros(())  # noqa: E731

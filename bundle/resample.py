@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "ras_grid_for"]
+__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "physical_extent", "ras_grid_for"]
 
 
 def spatial_affine(affine: np.ndarray, dims: int) -> np.ndarray:
@@ -72,6 +72,14 @@ def sample_at_world(
     return out[0]
 
 
+def physical_extent(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper world corners (mm) of the box spanned by a grid's voxel centres."""
+    dims = len(shape)
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(dims, -1)
+    world = affine[:dims, :dims] @ corners + affine[:dims, dims : dims + 1]
+    return world.min(axis=1), world.max(axis=1)
+
+
 def ras_grid_for(affine: np.ndarray, shape: Sequence[int], spacing_mm: float, divisor: int) -> tuple[np.ndarray, tuple[int, ...]]:
     """An axis-aligned RAS grid at ``spacing_mm`` covering an image, sizes divisible by ``divisor``.
 
@@ -82,9 +90,7 @@ def ras_grid_for(affine: np.ndarray, shape: Sequence[int], spacing_mm: float, di
         (spatial affine ``(dims + 1)^2``, grid shape).
     """
     dims = len(shape)
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(dims, -1)
-    world = affine[:dims, :dims] @ corners + affine[:dims, dims : dims + 1]
-    lo, hi = world.min(axis=1), world.max(axis=1)
+    lo, hi = physical_extent(affine, shape)
     n = [int(math.ceil(e / spacing_mm - 1e-6)) + 1 for e in (hi - lo)]
     n = [int(math.ceil(v / divisor) * divisor) for v in n]
     centre = (lo + hi) / 2.0

@@ -141,7 +141,7 @@ def test_refinement_maps_decompose_the_similarity_gradient(dims):
     names = [m.target for m in maps]
     assert names == [name for _, _, name in affine_parameter_names(dims)] + ["force_magnitude"]
     p = theta.clone().requires_grad_(True)
-    loss_fn, _ = refiner._similarity("mi", dims)
+    loss_fn = refiner.similarity_loss("mi", dims)
     (grad,) = torch.autograd.grad(-loss_fn(refiner.warp(moving, affine_to_ddf(p, fixed.shape[2:])), fixed), p)
     for (i, j, _), m in zip(affine_parameter_names(dims), maps):
         assert float(m.value[0]) == pytest.approx(float(grad[0, i, j]), rel=1e-3, abs=1e-6)

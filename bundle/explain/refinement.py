@@ -37,19 +37,21 @@ def affine_parameter_names(dims: int) -> list[tuple[int, int, str]]:
 
 def _similarity_and_force(refiner: InstanceRefiner, name: str, moving, fixed, synth, ddf: torch.Tensor):
     """``S`` (higher is better) at ``ddf`` and its gradient with respect to ``ddf``."""
-    from ..losses.mind import mind_ssc
-
-    dims = moving.ndim - 2
-    loss_fn, _ = refiner._similarity(name, dims)
-    src = synth if name == "lncc" else moving
-    tgt = fixed
-    if name == "mind":
-        src, tgt = mind_ssc(src), mind_ssc(tgt)
+    loss_fn = refiner.similarity_loss(name, moving.ndim - 2)
+    src, tgt = refiner.source_target(name, moving, fixed, synth)
     with torch.enable_grad():
         u = ddf.detach().clone().requires_grad_(True)
         s = -loss_fn(refiner.warp(src, u), tgt)
         (g,) = torch.autograd.grad(s, u)
     return float(s), g
+
+
+def _affine_shares(g: torch.Tensor):
+    """``(row, column, name, share)`` per affine parameter: each voxel's part of ``dS/dtheta``."""
+    dims = g.shape[1]
+    grid = centered_grid(g.shape[2:], device=g.device, dtype=g.dtype)
+    for i, j, name in affine_parameter_names(dims):
+        yield i, j, name, g[:, i : i + 1] * (grid[j] if j < dims else 1.0)
 
 
 def refinement_explanations(
@@ -69,10 +71,8 @@ def refinement_explanations(
     size = tuple(moving.shape[2:])
     dims = len(size)
     out = []
-    value, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta_start, size))
-    grid = centered_grid(size, device=g.device, dtype=g.dtype)
-    for i, j, name in affine_parameter_names(dims):
-        share = g[:, i : i + 1] * (grid[j] if j < dims else 1.0)
+    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta_start, size))
+    for _, _, name, share in _affine_shares(g):
         out.append(Explanation(
             "refine_affine", "similarity", name,
             f"share of each voxel in d{refiner.affine_similarity.upper()}/d{name} at the network's affine (sum = the gradient)",
@@ -90,13 +90,10 @@ def refinement_explanations(
 
 def _affine_gradient(refiner: InstanceRefiner, moving, fixed, theta, synth=None) -> torch.Tensor:
     """``dS/dtheta`` of the affine similarity (batch of one), the scalar each affine map explains."""
-    size = tuple(moving.shape[2:])
-    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta, size))
-    grid = centered_grid(size, device=g.device, dtype=g.dtype)
-    dims = len(size)
-    out = torch.zeros(dims, dims + 1, dtype=g.dtype)
-    for i, j, _ in affine_parameter_names(dims):
-        out[i, j] = (g[:, i] * (grid[j] if j < dims else 1.0)).sum()
+    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta, moving.shape[2:]))
+    out = torch.zeros(g.shape[1], g.shape[1] + 1, dtype=g.dtype)
+    for i, j, _, share in _affine_shares(g):
+        out[i, j] = share.sum()
     return out
 
 

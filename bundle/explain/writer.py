@@ -154,18 +154,15 @@ class ExplanationWriter:
         t1 = time.perf_counter()
         explanations = explain_pair(self.network, m, f, self.stages, self.targets, self.spacing_mm, roi, self.method)
         t2 = time.perf_counter()
+        res = reg.register_arrays(fixed, fixed_aff, moving, moving_aff, names=names)
+        if self.refiner is not None and self.refiner.enabled:
+            explanations += self._refinement_maps(m, f, res)
+        t_refine = time.perf_counter()
         fixed_pts = grid_world_points(fixed_aff, fixed.shape, dtype=torch.float64)
         maps = []
         for ex in explanations:
             on_fixed = sample_at_world(ex.attribution[0].detach().double().cpu(), net_affine, fixed_pts, padding_mode="zeros")[0]
             maps.append((ex, on_fixed.clamp_min(0).numpy().astype(np.float32)))
-        res = reg.register_arrays(fixed, fixed_aff, moving, moving_aff, names=names)
-        if self.refiner is not None and self.refiner.enabled:
-            explanations += self._refinement_maps(m, f, res)
-            for ex in explanations[len(maps):]:
-                on_fixed = sample_at_world(ex.attribution[0].detach().double().cpu(), net_affine, fixed_pts, padding_mode="zeros")[0]
-                maps.append((ex, on_fixed.clamp_min(0).numpy().astype(np.float32)))
-        t_refine = time.perf_counter()
         moving_on_fixed = sample_at_world(torch.from_numpy(moving).double()[None], moving_aff, fixed_pts)[0].numpy()
         summary = {
             "fixed": str(fixed_path),
