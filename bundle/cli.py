@@ -4,6 +4,8 @@
   ``configs/inference.json``, write a figure (``overview.png``) beside the results, and
   explain every stage through ``configs/explain.json`` (``explanations/``).
 * ``register``: the same for user files (``--fixed``, ``--moving``, optional labels).
+* ``apply``: apply a saved registration to another image or to points, through
+  ``configs/apply.json`` (no network is loaded).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "as_bool", "exit_on_user_error", "run_config", "register", "demo", "main"]
+__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "as_bool", "exit_on_user_error", "run_config", "register", "apply", "demo", "main"]
 
 #: Exceptions that mean "bad input", reported as one line instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
@@ -98,6 +100,14 @@ def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, ove
     return metrics
 
 
+def apply(transform_dir, output, image=None, points=None, inverse=False, interp="linear", points_space=None, overwrite=False) -> dict:
+    """Apply the registration saved in ``transform_dir`` through ``configs/apply.json``."""
+    return run_config(
+        "apply.json", transform_dir=str(transform_dir), output=str(output), image=None if image is None else str(image),
+        points=None if points is None else str(points), inverse=inverse, interp=interp, points_space=points_space, overwrite=overwrite,
+    )[0]
+
+
 def demo(output_dir="outputs/demo", sample_dir="sample_data/demo", overwrite=True) -> dict:
     """Generate the sample test pair (T2 -> T1, 3D, 2 mm) and register it with the shipped model."""
     import json
@@ -133,10 +143,21 @@ def main(argv=None) -> int:
     p.add_argument("--fixed_label")
     p.add_argument("--moving_label")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("apply", help="apply a saved registration to --image or --points")
+    p.add_argument("--transform_dir", required=True, help="output folder of a registration")
+    p.add_argument("--image", help="image in the moving space (fixed space with --inverse)")
+    p.add_argument("--points", help="CSV of world points (header x,y,z; LPS unless --points_space ras or x_ras,... columns)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--inverse", action="store_true", help="map from the fixed space into the moving space")
+    p.add_argument("--interp", default="linear", choices=["linear", "nearest", "label"])
+    p.add_argument("--points_space", choices=["ras", "lps"])
+    p.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             demo(args.output_dir, args.sample_dir)
+        elif args.command == "apply":
+            print(apply(args.transform_dir, args.output, args.image, args.points, args.inverse, args.interp, args.points_space, args.overwrite))
         else:
             register(args.fixed, args.moving, args.output_dir, args.fixed_label, args.moving_label, args.overwrite)
     except USER_ERRORS as e:

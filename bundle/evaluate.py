@@ -21,10 +21,10 @@ import torch
 from tqdm import tqdm
 
 from .data.validation import load_checked_label
-from .inference import PairRegistrar, _read_datalist, _warp_label_world
+from .inference import PairRegistrar, _read_datalist
 from .io import atomic_write, load_displacement
 from .metrics import registration_metrics
-from .resample import grid_world_points, spatial_affine
+from .resample import grid_world_points, sample_labels_at_world, spatial_affine
 
 __all__ = ["METHODS", "PairData", "evaluate_pair", "summarise", "evaluate_datalist"]
 
@@ -59,7 +59,7 @@ class PairData:
         inv = np.linalg.inv(self.fixed_affine[:dims, :dims])
         ddf_voxel = np.einsum("ij,j...->i...", inv, ddf_mm)
         pts = grid_world_points(self.fixed_affine, self.fixed.shape, dtype=torch.float64) + torch.from_numpy(ddf_mm)
-        warped_lab = _warp_label_world(self.moving_label, self.moving_label_affine, pts)
+        warped_lab = sample_labels_at_world(self.moving_label, self.moving_label_affine, pts)
         return registration_metrics(
             torch.from_numpy(warped_lab.astype(np.int64))[None, None],
             torch.from_numpy(self.fixed_label)[None, None],

@@ -6,9 +6,12 @@ produces is mapped back to the user's original fixed grid in physical coordinate
 * ``warped_moving.nii.gz``: the original moving image resampled once through the composed field;
 * ``ddf_mm.nii.gz``: the displacement in mm (ITK/ANTs vector image, LPS components);
 * ``affine.tfm``: the affine stage as an ITK ``AffineTransform`` (fixed -> moving points);
+* ``transform.h5``: the whole map as one ITK ``CompositeTransform`` (affine and displacement field);
+* ``ddf_inverse_mm.nii.gz`` and ``transform_inverse.h5``: the inverse map (moving -> fixed points) on
+  the moving image's grid, ``exp(-v)`` after the inverse affine, so inverse by construction;
 * ``jacobian.nii.gz``: the Jacobian determinant of the composed map;
 * ``warped_moving_label.nii.gz`` when a moving label is given;
-* ``metrics.json``: timings, folding and (with labels) Dice.
+* ``metrics.json``: timings, folding, inverse consistency and (with labels) Dice.
 
 Outputs are written to a hidden staging folder and moved into place only when all of them
 exist, so a failure leaves no partial result.
@@ -27,16 +30,22 @@ import torch
 
 from .cli import as_bool
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
+from .fields import apply_affine, invert_displacement, inverse_consistency_mm, ras_to_lps, theta_to_world
 from .initialise import centre_of_mass_translation, check_network_size, check_overlap
-from .io import in_parallel, save_displacement, save_image, save_itk_affine, staged_output_dir
+from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
+from .itk_transforms import affine_step, field_step, save_composite_transform
 from .metrics import dice_per_label, jacobian_determinant
-from .resample import grid_world_points, ras_grid_for, sample_at_world, spatial_affine
+from .networks.deformable_head import field_to_ddf
+from .resample import grid_world_points, label_dtype, ras_grid_for, sample_at_world, sample_labels_at_world, spatial_affine
 
 __all__ = ["OUTPUT_FILES", "load_network_weights", "PairRegistrar"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("warped_moving.nii.gz", "ddf_mm.nii.gz", "affine.tfm", "jacobian.nii.gz", "metrics.json")
+OUTPUT_FILES = (
+    "warped_moving.nii.gz", "ddf_mm.nii.gz", "ddf_inverse_mm.nii.gz", "affine.tfm", "transform.h5", "transform_inverse.h5",
+    "jacobian.nii.gz", "metrics.json",
+)
 
 
 def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
@@ -70,25 +79,6 @@ def _normalise(array: np.ndarray) -> tuple[float, float]:
     if hi <= lo:
         lo, hi = float(array.min()), float(array.max())
     return float(lo), float(hi)
-
-
-def _itk_affine_from_theta(theta: np.ndarray, net_affine: np.ndarray, net_shape, initial_mm=None) -> tuple[np.ndarray, np.ndarray]:
-    """Network ``theta`` (centred voxel coordinates) -> ITK matrix and translation in LPS mm.
-
-    ``initial_mm``: the initialisation's world translation (RAS mm), applied after ``theta``.
-    """
-    d = len(net_shape)
-    c = (np.asarray(net_shape, dtype=np.float64) - 1) / 2.0
-    m, t = theta[:, :d], theta[:, d]
-    t_idx = np.eye(d + 1)
-    t_idx[:d, :d] = m
-    t_idx[:d, d] = t + c - m @ c
-    world = net_affine @ t_idx @ np.linalg.inv(net_affine)
-    if initial_mm is not None:
-        world[:d, d] += np.asarray(initial_mm, dtype=np.float64)
-    flip = np.diag([-1.0, -1.0] + [1.0] * (d - 2) + [1.0])
-    lps = flip @ world @ flip
-    return lps[:d, :d], lps[:d, d]
 
 
 class PairRegistrar:
@@ -174,7 +164,7 @@ class PairRegistrar:
 
     def register_arrays(
         self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str = "full",
-        refine: bool | None = None, network: bool = True, names: tuple[str, str] = ("fixed", "moving"),
+        refine: bool | None = None, network: bool = True, names: tuple[str, str] = ("fixed", "moving"), inverse: bool = False,
     ) -> dict:
         """Register arrays with spatial affines; returns fields on the fixed grid (numpy).
 
@@ -186,11 +176,14 @@ class PairRegistrar:
             network: start the refinement from the network's prediction; ``False`` starts it
                 from the identity (measures what the network contributes).
             names: how errors name the two images.
+            inverse: also return the inverse map (see :meth:`inverse_fields`).
 
         Returns:
             dict with ``ddf_mm`` (dims, *fixed.shape) RAS mm, ``ddf_voxel`` (fixed voxels),
-            ``warped``, ``theta``, ``initial_translation_mm``, ``refinement`` (per-stage stats),
-            ``net_affine``, ``net_shape``, ``seconds`` per stage.
+            ``warped``, ``theta``, ``affine_world`` (the affine stage as a RAS world matrix,
+            initialisation included), ``initial_translation_mm``, ``refinement`` (per-stage stats),
+            ``net_affine``, ``net_shape``, ``seconds`` per stage; with ``inverse``, also
+            ``ddf_inverse_mm`` and ``inverse_deformable_mm``.
         """
         if stage not in ("full", "affine"):
             raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
@@ -218,11 +211,12 @@ class PairRegistrar:
                 theta0, velocity0 = identity, torch.zeros_like(out.velocity)
             starts = [identity] if network and refiner.multistart else []
             res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, out.synth, starts)
-            ddf_vox, theta, stats = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats
+            ddf_vox, theta, stats, velocity = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats, res.velocity
         else:
-            ddf_vox, theta = (out.ddf if stage == "full" else out.ddf_affine), out.theta
+            ddf_vox, theta, velocity = (out.ddf if stage == "full" else out.ddf_affine), out.theta, out.velocity
         ddf_vox = ddf_vox[0].cpu().double()
         theta = theta[0].cpu().double().numpy()
+        affine_world = theta_to_world(theta, net_affine, net_shape, t_init)
         t3 = time.perf_counter()
         d = self.dims
         # float32 from here: mm coordinates keep ~1e-5 mm precision, at half the time and memory of float64
@@ -236,7 +230,14 @@ class PairRegistrar:
         ddf_voxel = torch.einsum("ij,j...->i...", inv, ddf_mm)
         t4 = time.perf_counter()
         seconds = {"preprocess": t1 - t0, "network": t2 - t1, "refine": t3 - t2, "resample": t4 - t3}
+        extra = {}
+        if inverse:
+            deformable = velocity if stage == "full" else None
+            extra = self.inverse_fields(deformable, affine_world, net_affine, net_shape, fixed_affine, fixed.shape, moving_affine, moving.shape)
+            seconds["inverse"] = time.perf_counter() - t4
         return {
+            **extra,
+            "affine_world": affine_world,
             "ddf_mm": ddf_mm.numpy(),
             "ddf_voxel": ddf_voxel.numpy(),
             "warped": warped.clamp(lo, hi).numpy(),
@@ -248,11 +249,57 @@ class PairRegistrar:
             "seconds": seconds,
         }
 
+    def inverse_fields(self, velocity, affine_world, net_affine, net_shape, fixed_affine, fixed_shape, moving_affine, moving_shape) -> dict:
+        """The inverse map ``phi^-1 = psi^-1 o A^-1`` (moving points -> fixed points).
+
+        ``psi^-1`` is the deformable head's field integrated with the opposite sign
+        (``exp(-v)``: the inverse by construction, up to integration error), or, for a head
+        that does not integrate, the fixed-point inverse of its displacement.
+
+        Args:
+            velocity: the final deformable field at the head's level, ``(1, dims, *s)``;
+                ``None`` for the affine stage alone.
+            affine_world: the affine stage, ``(dims + 1)^2`` RAS (fixed -> moving points).
+
+        Returns:
+            ``ddf_inverse_mm``: ``(dims, *moving_shape)`` RAS mm on the moving grid;
+            ``inverse_deformable_mm``: ``psi^-1 - id`` ``(dims, *fixed_shape)`` on the fixed grid.
+        """
+        d = self.dims
+        if velocity is None:
+            u_net = torch.zeros(d, *net_shape)
+        else:
+            with torch.no_grad():
+                integrate = self.network.deformable_head.integrate
+                if integrate is not None:
+                    ddf = field_to_ddf(-velocity, net_shape, integrate)
+                else:
+                    ddf = invert_displacement(field_to_ddf(velocity, net_shape))
+            lin = torch.as_tensor(net_affine[:d, :d], dtype=torch.float32)
+            u_net = torch.einsum("ij,j...->i...", lin, ddf[0].cpu().float())
+        y = grid_world_points(moving_affine, moving_shape)
+        z = apply_affine(np.linalg.inv(affine_world), y)
+        ddf_inverse = z + sample_at_world(u_net, net_affine, z, padding_mode="border") - y
+        on_fixed = sample_at_world(u_net, net_affine, grid_world_points(fixed_affine, fixed_shape), padding_mode="border")
+        return {"ddf_inverse_mm": ddf_inverse.numpy(), "inverse_deformable_mm": on_fixed.numpy()}
+
     # -- files ------------------------------------------------------------------------------
     def _check_output_dir(self, output_dir: Path) -> None:
         existing = [n for n in OUTPUT_FILES if (output_dir / n).exists()]
         if existing and not self.overwrite:
             raise FileExistsError(f"{output_dir}: already holds results ({existing[0]}); pass overwrite=True (--overwrite true) to replace them")
+
+    def _save_transforms(self, stage: Path, res: dict, fixed_aff: np.ndarray, fixed_shape) -> None:
+        """``affine.tfm``, ``transform.h5`` (``A o psi``) and ``transform_inverse.h5`` (``psi^-1 o A^-1``)."""
+        a = res["affine_world"]
+        lps = ras_to_lps(a)
+        d = self.dims
+        save_itk_affine(stage / "affine.tfm", lps[:d, :d], lps[:d, d])
+        x = grid_world_points(fixed_aff, fixed_shape)
+        deformable = apply_affine(np.linalg.inv(a), x + torch.from_numpy(res["ddf_mm"])) - x  # psi - id, exact on the grid
+        save_composite_transform(stage / "transform.h5", [field_step(deformable.numpy(), fixed_aff), affine_step(a)])
+        inverse = [affine_step(np.linalg.inv(a)), field_step(res["inverse_deformable_mm"], fixed_aff)]
+        save_composite_transform(stage / "transform_inverse.h5", inverse)
 
     def register_files(self, fixed_path, moving_path, output_dir, fixed_label=None, moving_label=None) -> dict:
         """Register two image files and write every output to ``output_dir``; returns the metrics."""
@@ -265,9 +312,12 @@ class PairRegistrar:
             if lab is not None:
                 check_label_grid(img, lab)
         t_load = time.perf_counter() - t0
-        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff, names=(str(fixed_path), str(moving_path)))
+        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff, names=(str(fixed_path), str(moving_path)), inverse=True)
         t1 = time.perf_counter()
         det = jacobian_determinant(torch.from_numpy(res["ddf_voxel"])[None])[0, 0].numpy()
+        consistency = inverse_consistency_mm(
+            torch.from_numpy(res["ddf_mm"]), fixed_aff, torch.from_numpy(res["ddf_inverse_mm"]), moving_aff, foreground_mask(fixed)
+        )
         metrics = {
             "fixed": str(fixed_path),
             "moving": str(moving_path),
@@ -276,22 +326,23 @@ class PairRegistrar:
             "theta": res["theta"].tolist(),
             "initial_translation_mm": [float(v) for v in res["initial_translation_mm"]],
             "refinement": res["refinement"],
-            "seconds": {"load": t_load, **res["seconds"], "jacobian": time.perf_counter() - t1},
+            "inverse_consistency_mm": consistency,
+            "seconds": {"load": t_load, **res["seconds"], "jacobian_and_inverse_check": time.perf_counter() - t1},
         }
         with staged_output_dir(output_dir) as stage:
             t1 = time.perf_counter()
-            mat, trans = _itk_affine_from_theta(res["theta"], res["net_affine"], res["net_shape"], res["initial_translation_mm"])
-            in_parallel(  # gzip releases the GIL: the three volumes compress side by side
+            in_parallel(  # gzip releases the GIL: the volumes compress side by side
                 lambda: save_image(stage / "warped_moving.nii.gz", res["warped"], fixed_aff4),
                 lambda: save_displacement(stage / "ddf_mm.nii.gz", res["ddf_voxel"], fixed_aff4),
+                lambda: save_displacement_mm(stage / "ddf_inverse_mm.nii.gz", res["ddf_inverse_mm"], moving_aff4),
                 lambda: save_image(stage / "jacobian.nii.gz", det, fixed_aff4),
-                lambda: save_itk_affine(stage / "affine.tfm", mat, trans),
+                lambda: self._save_transforms(stage, res, fixed_aff, fixed.shape),
             )
             if moving_label is not None:
                 lab, _ = load_checked_label(moving_label, self.dims)
                 pts = grid_world_points(fixed_aff, fixed.shape) + torch.from_numpy(res["ddf_mm"])
-                warped_lab = _warp_label_world(lab, moving_aff, pts)
-                save_image(stage / "warped_moving_label.nii.gz", warped_lab, fixed_aff4, dtype=np.uint8)
+                warped_lab = sample_labels_at_world(lab, moving_aff, pts)
+                save_image(stage / "warped_moving_label.nii.gz", warped_lab, fixed_aff4, dtype=label_dtype(warped_lab))
                 if fixed_label is not None:
                     flab, _ = load_checked_label(fixed_label, self.dims)
                     labels = sorted(int(v) for v in np.unique(flab) if v != 0)
@@ -350,15 +401,10 @@ class PairRegistrar:
         return [self.register_files(fixed, moving, output_dir, fixed_label, moving_label)]
 
 
-def _warp_label_world(label: np.ndarray, label_affine: np.ndarray, points: torch.Tensor) -> np.ndarray:
-    """Warp an integer label map at world points by one-hot linear interpolation and argmax."""
-    values = np.unique(label)
-    onehot = torch.stack([torch.from_numpy((label == v).astype(np.float32)) for v in values])
-    warped = sample_at_world(onehot, label_affine, points, padding_mode="zeros")
-    best = warped.argmax(dim=0).numpy()
-    out = values[best]
-    out[warped.sum(dim=0).numpy() < 0.5] = 0
-    return out.astype(np.uint8)
+def foreground_mask(image: np.ndarray, fraction: float = 0.1) -> torch.Tensor:
+    """Voxels brighter than ``fraction`` of the image's robust (0.5-99.5 percentile) range."""
+    lo, hi = _normalise(image)
+    return torch.from_numpy(np.asarray(image) > lo + fraction * (hi - lo))
 
 
 DATALIST_FILE_KEYS = ("fixed", "moving", "fixed_label", "moving_label", "gt_ddf")

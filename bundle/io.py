@@ -28,6 +28,7 @@ __all__ = [
     "staged_output_dir",
     "save_image",
     "save_displacement",
+    "save_displacement_mm",
     "load_displacement",
     "ddf_voxel_to_mm",
     "ddf_mm_to_voxel",
@@ -134,7 +135,12 @@ def ddf_mm_to_voxel(ddf_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def save_displacement(path: str | os.PathLike, ddf_voxel: np.ndarray, affine: np.ndarray) -> Path:
     """Save a channel-first voxel-unit DDF as an ITK-readable NIfTI displacement field (mm, LPS)."""
-    mm = ddf_voxel_to_mm(ddf_voxel, affine)
+    return save_displacement_mm(path, ddf_voxel_to_mm(ddf_voxel, affine), affine)
+
+
+def save_displacement_mm(path: str | os.PathLike, ddf_mm: np.ndarray, affine: np.ndarray) -> Path:
+    """Save a channel-first RAS-millimetre DDF as an ITK-readable NIfTI displacement field (mm, LPS)."""
+    mm = np.array(ddf_mm, dtype=np.float64)
     mm[:2] *= -1.0  # RAS -> LPS
     dims = mm.shape[0]
     vec = np.moveaxis(mm, 0, -1)  # (*spatial, dims)

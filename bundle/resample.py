@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "physical_extent", "ras_grid_for"]
+__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "sample_labels_at_world", "label_dtype", "physical_extent", "ras_grid_for"]
 
 
 def spatial_affine(affine: np.ndarray, dims: int) -> np.ndarray:
@@ -70,6 +70,28 @@ def sample_at_world(
     grid = grid.reshape(1, *points.shape[1:], dims)
     out = F.grid_sample(image.unsqueeze(0).to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return out[0]
+
+
+def sample_labels_at_world(label: np.ndarray, label_affine: np.ndarray, points: torch.Tensor) -> np.ndarray:
+    """Sample an integer label map at world points: each label's indicator linearly, then the argmax.
+
+    Smoother than nearest-neighbour sampling; points where less than half of the indicators'
+    weight falls inside the map get 0. Returns the labels' own integer values.
+    """
+    values = np.unique(label)
+    onehot = torch.stack([torch.from_numpy((label == v).astype(np.float32)) for v in values])
+    warped = sample_at_world(onehot, label_affine, points, padding_mode="zeros")
+    out = values[warped.argmax(dim=0).numpy()]
+    out[warped.sum(dim=0).numpy() < 0.5] = 0
+    return out
+
+
+def label_dtype(labels: np.ndarray):
+    """The smallest NIfTI integer type that holds ``labels``: ``uint8``, ``int16`` or ``int32``."""
+    lo, hi = int(np.min(labels)), int(np.max(labels))
+    if lo >= 0 and hi <= 255:
+        return np.uint8
+    return np.int16 if -32768 <= lo and hi <= 32767 else np.int32
 
 
 def physical_extent(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

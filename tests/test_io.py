@@ -6,7 +6,7 @@ import itk
 import numpy as np
 import pytest
 
-from bundle.inference import _itk_affine_from_theta
+from bundle.fields import ras_to_lps, theta_to_world
 from bundle.io import load_displacement, save_displacement, save_itk_affine
 
 
@@ -48,6 +48,7 @@ def test_itk_reads_affine_transform_file(tmp_path):
 def test_theta_translation_becomes_lps_translation():
     net_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     theta = np.hstack([np.eye(3), np.array([[1.0], [0.0], [-2.0]])])  # voxels on a RAS grid
-    mat, trans = _itk_affine_from_theta(theta, net_affine, (8, 8, 8))
+    lps = ras_to_lps(theta_to_world(theta, net_affine, (8, 8, 8)))
+    mat, trans = lps[:3, :3], lps[:3, 3]
     assert np.allclose(mat, np.eye(3))
     assert np.allclose(trans, [-2.0, 0.0, -4.0])  # +2 mm R -> -2 mm in LPS x; -4 mm S stays
