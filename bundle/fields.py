@@ -94,7 +94,7 @@ def inverse_consistency_mm(
         mask: boolean ``(*F)`` region, e.g. the fixed image's foreground.
 
     Returns:
-        ``{"mean": mm, "max": mm, "voxels": n}`` (``nan`` when no voxel qualifies).
+        ``{"mean": mm, "p99": mm, "max": mm, "voxels": n}`` (``nan`` when no voxel qualifies).
     """
     from .resample import grid_world_points, sample_at_world
 
@@ -107,5 +107,6 @@ def inverse_consistency_mm(
         keep &= torch.as_tensor(mask, dtype=torch.bool)
     values = err[keep]
     if values.numel() == 0:
-        return {"mean": float("nan"), "max": float("nan"), "voxels": 0}
-    return {"mean": float(values.mean()), "max": float(values.max()), "voxels": int(values.numel())}
+        return {"mean": float("nan"), "p99": float("nan"), "max": float("nan"), "voxels": 0}
+    p99 = float(torch.quantile(values.double(), 0.99)) if values.numel() <= 2**24 else float(np.percentile(values.numpy(), 99))
+    return {"mean": float(values.mean()), "p99": p99, "max": float(values.max()), "voxels": int(values.numel())}
