@@ -200,6 +200,13 @@ def test_points_forward_match_the_known_motion_and_return_with_inverse(reg3d, tm
     _apply("--transform_dir", str(reg3d["out"]), "--points", str(lps), "--output", str(tmp_path / "lps_out.csv"))
     lps_out = np.loadtxt(tmp_path / "lps_out.csv", delimiter=",", skiprows=1)
     assert np.allclose(lps_out * [-1.0, -1.0, 1.0], mapped, atol=1e-3)
+    # antsApplyTransformsToPoints with transform_inverse.h5 moves the points the same way
+    import ants
+    import pandas as pd
+
+    frame = pd.DataFrame(y * [-1.0, -1.0, 1.0], columns=["x", "y", "z"])
+    by_ants = ants.apply_transforms_to_points(3, frame, [str(reg3d["out"] / "transform_inverse.h5")])
+    assert np.abs(by_ants[["x", "y", "z"]].values * [-1.0, -1.0, 1.0] - mapped).max() < 0.05
 
 
 def _one_line_error(proc, *needles):
