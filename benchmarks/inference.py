@@ -29,11 +29,12 @@ STAGES = ("load", "preprocess", "network", "resample", "jacobian", "write")
 
 # Runs inside the version under test (its own ``bundle`` package), so it uses only long-standing API.
 _SNIPPET = """
-import json, resource, statistics, sys
+import json, os, resource, statistics, sys
 from monai.bundle import ConfigParser
 from bundle.inference import PairRegistrar
 folder, out, repeats, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-parser = ConfigParser(); parser.read_config("configs/inference.json")
+composed = os.path.exists("configs/common.json")  # configs composed over common.json since that file exists
+parser = ConfigParser(); parser.read_config(["configs/common.json", "configs/inference.json"] if composed else "configs/inference.json")
 registrar = PairRegistrar(parser.get_parsed_content("network_def", instantiate=True), "models/model.pt", device=device, overwrite=True)
 runs = [registrar.register_files(folder + "/fixed.nii.gz", folder + "/moving.nii.gz", out)["seconds"] for _ in range(repeats)]
 keys = set().union(*runs)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.cli import BUNDLE_ROOT
+from bundle.cli import BUNDLE_ROOT, config_files
 from bundle.data.sample import ensure_sample_datalist
 from bundle.evaluate import PairData, _identity_result, summarise
 from bundle.inference import PairRegistrar, _read_datalist
@@ -58,7 +58,7 @@ def _parser(dims: int = 3):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json"))
     parser["spatial_dims"] = dims
     return parser
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "as_bool", "exit_on_user_error", "run_config", "register", "apply", "demo", "main"]
+__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "STANDALONE_CONFIGS", "as_bool", "config_files", "exit_on_user_error", "run_config", "register", "apply", "demo", "main"]
 
 #: Exceptions that mean "bad input", reported as one line instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
@@ -49,12 +49,22 @@ def exit_on_user_error(fn, *args, **kwargs):
         raise SystemExit(f"error: {e}") from None
 
 
+#: Configs that stand alone; every other one is an override of ``configs/common.json``.
+STANDALONE_CONFIGS = ("apply.json",)
+
+
+def config_files(config: str) -> list[str]:
+    """The files that make up a config of ``configs/``: ``common.json`` first, then ``config``."""
+    folder = BUNDLE_ROOT / "configs"
+    return [str(folder / config)] if config in STANDALONE_CONFIGS else [str(folder / "common.json"), str(folder / config)]
+
+
 def run_config(config: str, **overrides):
-    """Run a config of ``configs/`` with id overrides, as ``python -m monai.bundle run`` does."""
+    """Run a config of ``configs/`` (composed over ``common.json``) with id overrides, as ``python -m monai.bundle run`` does."""
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(
-        config_file=str(BUNDLE_ROOT / "configs" / config),
+        config_file=config_files(config),
         meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
         logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
         workflow_type="infer",

@@ -74,11 +74,11 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
     return network
 
 
-def _normalise(array: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(array.astype(np.float32), [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(array.min()), float(array.max())
-    return float(lo), float(hi)
+def default_intensity_scaling():
+    """``configs/common.json``'s ``intensity_scaling``: the 0.5-99.5 percentile range to [0, 1], clipped."""
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    return ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
 
 
 class PairRegistrar:
@@ -95,11 +95,14 @@ class PairRegistrar:
             (:mod:`bundle.initialise`); off, a pair whose extents do not overlap is refused.
         refiner: a :class:`bundle.refine.InstanceRefiner` run after the network (``None``, or
             one with ``enabled=False``: the network's result as it is).
+        intensity: the intensity transform of training's preprocessing (``configs/common.json``
+            ``intensity_scaling``), applied to each original image before it is resampled;
+            default: :func:`default_intensity_scaling`.
     """
 
     def __init__(
         self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False,
-        initialise: bool = True, refiner=None,
+        initialise: bool = True, refiner=None, intensity=None,
     ):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -111,6 +114,7 @@ class PairRegistrar:
         self.overwrite = as_bool(overwrite, "overwrite")
         self.initialise = as_bool(initialise, "initialise")
         self.refiner = refiner
+        self.intensity = intensity if intensity is not None else default_intensity_scaling()
 
     def load_weights(self) -> None:
         """Load ``checkpoint`` once (lazily, so that a bad checkpoint is a user error, not a config error)."""
@@ -123,9 +127,18 @@ class PairRegistrar:
         array, affine = load_checked_image(path, expected_dims=self.dims)
         return array.astype(np.float32), spatial_affine(affine, self.dims), affine
 
+    def scale_intensity(self, array: np.ndarray) -> torch.Tensor:
+        """``(1, *S)`` tensor of ``array`` through :attr:`intensity`; min-max when its range is empty."""
+        from monai.utils import convert_to_tensor
+
+        img = convert_to_tensor(self.intensity(torch.from_numpy(np.asarray(array, dtype=np.float32))[None]), track_meta=False)
+        if float(img.max()) <= float(img.min()):  # percentile range collapsed (a tiny bright object on zeros)
+            lo, hi = float(array.min()), float(array.max())
+            img = torch.from_numpy((np.asarray(array, dtype=np.float32) - lo) / (hi - lo))[None]
+        return img
+
     def _to_network_grid(self, array, affine, net_affine, net_shape, shift_mm=None) -> torch.Tensor:
-        lo, hi = _normalise(array)
-        img = torch.from_numpy((array - lo) / (hi - lo)).clamp(0, 1)[None]
+        img = self.scale_intensity(array)
         pts = grid_world_points(net_affine, net_shape)
         if shift_mm is not None:
             pts += torch.as_tensor(shift_mm, dtype=pts.dtype).reshape(-1, *([1] * len(net_shape)))
@@ -316,7 +329,7 @@ class PairRegistrar:
         t1 = time.perf_counter()
         det = jacobian_determinant(torch.from_numpy(res["ddf_voxel"])[None])[0, 0].numpy()
         consistency = inverse_consistency_mm(
-            torch.from_numpy(res["ddf_mm"]), fixed_aff, torch.from_numpy(res["ddf_inverse_mm"]), moving_aff, foreground_mask(fixed)
+            torch.from_numpy(res["ddf_mm"]), fixed_aff, torch.from_numpy(res["ddf_inverse_mm"]), moving_aff, self.scale_intensity(fixed)[0] > 0.1
         )
         metrics = {
             "fixed": str(fixed_path),
@@ -401,10 +414,6 @@ class PairRegistrar:
         return [self.register_files(fixed, moving, output_dir, fixed_label, moving_label)]
 
 
-def foreground_mask(image: np.ndarray, fraction: float = 0.1) -> torch.Tensor:
-    """Voxels brighter than ``fraction`` of the image's robust (0.5-99.5 percentile) range."""
-    lo, hi = _normalise(image)
-    return torch.from_numpy(np.asarray(image) > lo + fraction * (hi - lo))
 
 
 DATALIST_FILE_KEYS = ("fixed", "moving", "fixed_label", "moving_label", "gt_ddf")

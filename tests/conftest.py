@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
+def composed(config: str) -> str:
+    """``--config_file`` value of a config composed over ``configs/common.json``, as the README gives it."""
+    return f"['configs/common.json','configs/{config}']"
+
+
+def config_files(config: str) -> list[str]:
+    """The files of a composed config, for ``ConfigParser.read_config``."""
+    from bundle.cli import config_files as files
+
+    return files(config)
+
+
 def run_bundle(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` from the bundle root, as a user would."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

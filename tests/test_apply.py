@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_bundle
+from conftest import ROOT, composed, run_bundle
 
 VOXEL_MM = 4.0
 ANGLE, SHIFT = 10.0, np.array([6.0, 0.0, 0.0])
@@ -91,7 +91,7 @@ def reg3d(tmp_path_factory):
     }
     out = folder / "reg"
     run_bundle(
-        "run", "--config_file", "configs/inference.json", "--fixed", paths["fixed"], "--moving", paths["moving"],
+        "run", "--config_file", composed("inference.json"), "--fixed", paths["fixed"], "--moving", paths["moving"],
         "--moving_label", paths["moving_label"], "--output_dir", str(out),
     )
     brain = volumes["labels"] > 0
@@ -269,7 +269,7 @@ def test_2d_registration_apply_and_points(tmp_path):
     fixed_path, moving_path = _save(tmp_path / "t1.nii.gz", t1, a4), _save(tmp_path / "t2.nii.gz", moving, a4)
     out = tmp_path / "out"
     run_bundle(
-        "run", "--config_file", "configs/inference.json", "--spatial_dims", "2", "--checkpoint", "models/model_2d.pt",
+        "run", "--config_file", composed("inference.json"), "--spatial_dims", "2", "--checkpoint", "models/model_2d.pt",
         "--fixed", fixed_path, "--moving", moving_path, "--output_dir", str(out),
     )
     ic = json.loads((out / "metrics.json").read_text())["inverse_consistency_mm"]

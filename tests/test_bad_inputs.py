@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_bundle
+from conftest import composed, run_bundle
 from test_bundle import _random_checkpoint
 
 
@@ -89,7 +89,7 @@ def _registrar_cli(case, moving, out):
 @pytest.mark.parametrize("kind", ["missing", "nan", "four_d"])
 def test_bundle_run_rejects_bad_input_in_one_line(case, kind, tmp_path):
     out = tmp_path / "out"
-    proc = run_bundle("run", "--config_file", "configs/inference.json", "--checkpoint", str(case["ckpt"]),
+    proc = run_bundle("run", "--config_file", composed("inference.json"), "--checkpoint", str(case["ckpt"]),
                       "--fixed", str(case["fixed"]), "--moving", str(case["bad"][kind]), "--output_dir", str(out), check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
@@ -226,7 +226,7 @@ def test_evaluation_datalist_without_labels_is_refused(case, tmp_path):
 # -- dimensionality at the bundle interface ----------------------------------------------------
 def test_bundle_run_rejects_2d_image_for_3d_model(case, tmp_path):
     out = tmp_path / "out"
-    proc = run_bundle("run", "--config_file", "configs/inference.json", "--checkpoint", str(case["ckpt"]),
+    proc = run_bundle("run", "--config_file", composed("inference.json"), "--checkpoint", str(case["ckpt"]),
                       "--fixed", str(case["fixed"]), "--moving", str(case["bad"]["two_d"]), "--output_dir", str(out), check=False)
     _assert_one_line_error(proc, case["bad"]["two_d"], "2D image of shape", out)
     assert "expected 3D" in proc.stderr.strip().splitlines()[-1]
@@ -236,7 +236,7 @@ def test_bundle_run_rejects_3d_image_for_2d_model(case, tmp_path):
     ckpt = tmp_path / "model2d.pt"
     _random_checkpoint(ckpt, 2)
     out = tmp_path / "out"
-    proc = run_bundle("run", "--config_file", "configs/inference.json", "--spatial_dims", "2", "--checkpoint", str(ckpt),
+    proc = run_bundle("run", "--config_file", composed("inference.json"), "--spatial_dims", "2", "--checkpoint", str(ckpt),
                       "--fixed", str(case["bad"]["two_d"]), "--moving", str(case["moving"]), "--output_dir", str(out), check=False)
     _assert_one_line_error(proc, case["moving"], "3D image of shape", out)
     assert "expected 2D" in proc.stderr.strip().splitlines()[-1]

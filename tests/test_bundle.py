@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_bundle
+from conftest import ROOT, composed, config_files, run_bundle
 
 REQUIRED = [
     "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
@@ -40,7 +40,7 @@ def test_metadata_keys_and_pinned_versions_are_installed():
 
 def test_verify_net_in_out():
     run_bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-               "--config_file", "configs/inference.json", "--n", "2", "--any", "16")
+               "--config_file", composed("inference.json"), "--n", "2", "--any", "16")
 
 
 def network_from_config(dims: int):
@@ -48,7 +48,7 @@ def network_from_config(dims: int):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json"))
     parser["spatial_dims"] = dims
     return parser.get_parsed_content("network_def", instantiate=True)
 
@@ -67,7 +67,7 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
     net = _random_checkpoint(ckpt, 3)
     ts = tmp_path / "model.ts"
     run_bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt),
-               "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
+               "--meta_file", "configs/metadata.json", "--config_file", composed("inference.json"),
                "--use_trace", "True", "--input_shape", "[1, 2, 32, 32, 32]")
     loaded = torch.jit.load(str(ts))
     x = torch.rand(1, 2, 32, 32, 32)
@@ -83,7 +83,7 @@ def test_inference_config_writes_outputs_on_fixed_grid(sample_3d, tmp_path):
     item = json.loads(sample_3d.read_text())["test"][0]
     base = sample_3d.parent
     out = tmp_path / "out"
-    run_bundle("run", "--config_file", "configs/inference.json", "--checkpoint", str(ckpt),
+    run_bundle("run", "--config_file", composed("inference.json"), "--checkpoint", str(ckpt),
                "--fixed", str(base / item["fixed"]), "--moving", str(base / item["moving"]),
                "--fixed_label", str(base / item["fixed_label"]), "--moving_label", str(base / item["moving_label"]),
                "--output_dir", str(out))
@@ -101,19 +101,44 @@ def test_inference_config_writes_outputs_on_fixed_grid(sample_3d, tmp_path):
     assert {"folding_percent", "dice_mean", "seconds"} <= set(metrics)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     # a second run refuses to overwrite, leaving results untouched
-    proc = run_bundle("run", "--config_file", "configs/inference.json", "--checkpoint", str(ckpt),
+    proc = run_bundle("run", "--config_file", composed("inference.json"), "--checkpoint", str(ckpt),
                       "--fixed", str(base / item["fixed"]), "--moving", str(base / item["moving"]),
                       "--output_dir", str(out), check=False)
     assert proc.returncode != 0 and "already holds results" in proc.stderr
 
 
-def test_every_config_builds_the_same_network():
-    """train/inference/evaluate/explain declare network_def separately (bundle convention); keep them equal."""
-    defs = {}
-    for name in ("train.json", "inference.json", "evaluate.json", "explain.json"):
-        path = ROOT / "configs" / name
-        if path.exists():
-            defs[name] = json.loads(path.read_text())["network_def"]
-    assert len(defs) >= 3
-    first = next(iter(defs.values()))
-    assert all(d == first for d in defs.values()), defs
+def test_configs_are_overrides_of_common_json():
+    """network_def, device, preprocessing and the registrar are declared once, in common.json."""
+    common = json.loads((ROOT / "configs" / "common.json").read_text())
+    for key in ("network_def", "device", "spacing_mm", "size_divisor", "checkpoint", "preprocessing", "intensity_scaling", "registrar", "refiner"):
+        assert key in common, key
+    assert common["size_divisor"] == "$@network_def.size_divisor"
+    for name in ("train.json", "inference.json", "evaluate.json", "explain.json", "multi_gpu_train.json", "multi_gpu_inference.json"):
+        override = json.loads((ROOT / "configs" / name).read_text())
+        repeated = {"network_def", "spacing_mm", "size_divisor", "checkpoint", "imports", "preprocessing", "refiner"} & set(override)
+        assert not repeated, f"{name} redeclares {sorted(repeated)}"
+    train = json.loads((ROOT / "configs" / "train.json").read_text())
+    assert "@preprocessing" in train["train"]["preprocessing"]["transforms"] and train["validate"]["preprocessing"]["transforms"] == "@preprocessing"
+
+
+def test_inference_scales_intensity_with_the_declared_transform():
+    """The registrar's intensity scaling is common.json's intensity_scaling object, the one training's preprocessing uses."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files("inference.json"))
+    parser["checkpoint"] = None
+    registrar = parser.get_parsed_content("registrar")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    funcs = [t.func[0] for t in preprocessing if type(t).__name__ == "Lambdad"]  # Lambdad keeps one func per key
+    assert registrar.intensity is parser.get_parsed_content("intensity_scaling") is funcs[0]
+    spacings = [f for f in funcs if type(f).__name__ == "Spacing"]
+    assert [f.sp_resample.mode for f in spacings] == ["bilinear", "nearest"]  # images, labels
+    assert all(list(f.pixdim) == [registrar.spacing_mm] * 3 for f in spacings)
+    assert registrar.size_divisor == parser.get_parsed_content("network_def").size_divisor
+    rng = np.random.default_rng(0)
+    image = rng.gamma(2.0, size=(20, 24, 20)).astype(np.float32)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    assert np.allclose(registrar.scale_intensity(image)[0].numpy(), np.clip((image - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+

@@ -21,10 +21,10 @@ from torch import nn
 from bundle.engine import structured_forward
 from bundle.inference import OUTPUT_FILES
 from bundle.networks import RegistrationBundleNet, StructuredRegistration
-from conftest import ROOT, run_bundle
+from conftest import ROOT, composed, config_files, run_bundle
 
-TRAIN = "['configs/train.json','configs/multi_gpu_train.json']"
-INFER = "['configs/inference.json','configs/multi_gpu_inference.json']"
+TRAIN = "['configs/common.json','configs/train.json','configs/multi_gpu_train.json']"
+INFER = "['configs/common.json','configs/inference.json','configs/multi_gpu_inference.json']"
 FIRST_4 = "$monai.data.load_decathlon_datalist(@datalist_file, True, 'training')[:4]"
 
 
@@ -61,7 +61,7 @@ def _train_args(root, datalist) -> list[str]:
 def runs(sample_2d, tmp_path_factory):
     """The same 2 iterations (4 pairs, no shuffling): 1 process x batch 2 and 2 ranks x batch 1."""
     single, ddp = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("ddp")
-    run_bundle(*_train_args(single, sample_2d), "--config_file", "configs/train.json",
+    run_bundle(*_train_args(single, sample_2d), "--config_file", composed("train.json"),
                "--train#dataloader#shuffle", "False", "--train#dataloader#batch_size", "2")  # fmt: skip
     log = torchrun(*_train_args(ddp, sample_2d), "--config_file", TRAIN, "--train#sampler#shuffle", "False")
     return single, ddp, log
@@ -92,7 +92,7 @@ def _initial_weights() -> dict:
     from monai.utils import set_determinism
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.read_config(config_files("train.json"))
     parser["spatial_dims"] = 2
     set_determinism(seed=parser["seed"])
     try:
@@ -154,13 +154,15 @@ def test_structured_forward_goes_through_the_wrapper():
 
 
 def test_multi_gpu_config_follows_train_json():
-    """multi_gpu_train.json disables train.json's handlers by index and restates its ``initialize``."""
+    """Rank-0-only handlers of train.json are disabled by one named switch that multi_gpu_train.json sets."""
     train = json.loads((ROOT / "configs" / "train.json").read_text())
     multi = json.loads((ROOT / "configs" / "multi_gpu_train.json").read_text())
-    disabled = [k.split("#")[:3] for k in multi if k.endswith("#_disabled_")]
-    targets = {train[sec]["handlers"][int(i)]["_target_"] for sec, _, i in disabled}
-    assert targets == {"StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar", "CheckpointSaver"}
-    kept = [h["_target_"] for s in ("train", "validate") for i, h in enumerate(train[s]["handlers"]) if [s, "handlers", str(i)] not in disabled]
+    assert train["is_not_rank0"] is False and "get_rank()" in multi["is_not_rank0"]
+    assert not [k for k in multi if k.endswith("#_disabled_")], "handlers are switched by name, not by list index"
+    handlers = [h for s in ("train", "validate") for h in train[s]["handlers"]]
+    switched = {h["_target_"] for h in handlers if h.get("_disabled_") == "@is_not_rank0"}
+    assert switched == {"StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar", "CheckpointSaver"}
+    kept = [h["_target_"] for h in handlers if "_disabled_" not in h]
     assert kept == ["ValidationHandler", "MetricsSaver"]  # both need every rank (evaluation, all-gather)
     calls = lambda exprs: set(re.findall(r"(bundle\.[\w.]+|@[\w#]+\.attach)\(", " ".join(exprs)))  # noqa: E731
     assert calls(train["initialize"]) <= calls(multi["initialize"]), "a step of train.json's initialize is missing"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_bundle
+from conftest import ROOT, composed, config_files, run_bundle
 
 VOXEL_MM = 4.0
 
@@ -78,7 +78,7 @@ def _error_voxels(out, gt, mask) -> float:
 
 def _infer(pair, out, *extra, moving="moving", check=True):
     return run_bundle(
-        "run", "--config_file", "configs/inference.json", "--fixed", pair["fixed"], "--moving", pair[moving],
+        "run", "--config_file", composed("inference.json"), "--fixed", pair["fixed"], "--moving", pair[moving],
         "--output_dir", str(out), *extra, check=check,
     )
 
@@ -101,7 +101,7 @@ def test_refine_false_reproduces_the_network_only_result_bitwise(pair_3d, tmp_pa
 
     _infer(pair_3d, tmp_path / "bundle", "--refine", "false")
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json"))
     parser["checkpoint"] = str(ROOT / "models" / "model.pt")
     registrar = parser.get_parsed_content("registrar")
     registrar.refiner = None
@@ -136,7 +136,7 @@ def test_no_overlap_without_initialisation_is_a_one_line_error(pair_3d, tmp_path
 def test_image_too_small_for_the_network_is_a_one_line_error(pair_3d, tmp_path):
     tiny = _save(pair_3d["folder"] / "tiny.nii.gz", np.random.default_rng(0).random((10, 12, 10)), np.diag([2.0, 2.0, 2.0, 1.0]))
     proc = run_bundle(
-        "run", "--config_file", "configs/inference.json", "--fixed", tiny, "--moving", pair_3d["moving"],
+        "run", "--config_file", composed("inference.json"), "--fixed", tiny, "--moving", pair_3d["moving"],
         "--output_dir", str(tmp_path / "tiny"), check=False,
     )
     assert proc.returncode != 0
@@ -159,7 +159,7 @@ def test_2d_known_affine_recovered_within_half_a_voxel(tmp_path):
     moving, gt = _moved(t2, spatial_affine(a2, 2), 10.0, [6.0, 0.0])
     fixed_path, moving_path = _save(tmp_path / "t1.nii.gz", t1, a2), _save(tmp_path / "t2.nii.gz", moving, a2)
     run_bundle(
-        "run", "--config_file", "configs/inference.json", "--spatial_dims", "2", "--checkpoint", "models/model_2d.pt",
+        "run", "--config_file", composed("inference.json"), "--spatial_dims", "2", "--checkpoint", "models/model_2d.pt",
         "--fixed", fixed_path, "--moving", moving_path, "--output_dir", str(tmp_path / "out"),
     )
     data = np.asarray(nib.load(str(tmp_path / "out" / "ddf_mm.nii.gz")).dataobj, dtype=np.float64)

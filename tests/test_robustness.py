@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, composed, config_files
 
 MODEL = ROOT / "models" / "model.pt"
 SHIFT_MM = np.array([6.0, 0.0, 0.0])  # RAS mm, in-plane (the shipped model does not recover z shifts, docs/README.md)
@@ -151,7 +151,7 @@ def _train_command(datalist, root, epochs: int, *extra: str) -> list[str]:
     """The user's 2D training command (``configs/train.json``), validation off to keep it short."""
 
     return [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--spatial_dims", "2",
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", composed("train.json"), "--spatial_dims", "2",
         "--datalist_file", str(datalist), "--ckpt_dir", str(root / "ckpt"), "--output_dir", str(root / "out"),
         "--train#trainer#max_epochs", str(epochs), "--val_interval", "1000", *extra,
     ]
@@ -261,7 +261,7 @@ def test_train_config_makes_every_checkpoint_saver_atomic(sample_2d, tmp_path):
     from bundle.checkpoints import AtomicDiskSaver
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.read_config(config_files("train.json"))
     parser.update({"spatial_dims": 2, "datalist_file": str(sample_2d), "ckpt_dir": str(tmp_path / "ckpt"), "output_dir": str(tmp_path / "out")})
     parser.get_parsed_content("initialize")
     savers = [parser.get_parsed_content("train#checkpoint_saver")]
@@ -310,7 +310,7 @@ def _augmentation_is_random() -> bool:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.read_config(config_files("train.json"))
     return any(t["_target_"] == "RandAffined" and t["prob"] > 0 for t in parser.get("train#augmentation"))
 
 
@@ -321,7 +321,7 @@ def test_inference_is_reproducible(sample_3d, tmp_path):
     pair = ["--fixed", str(sample_3d.parent / item["fixed"]), "--moving", str(sample_3d.parent / item["moving"])]
     procs = []
     for name in ("a", "b"):
-        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *pair, "--output_dir", str(tmp_path / name)]
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", composed("inference.json"), *pair, "--output_dir", str(tmp_path / name)]
         procs.append(_start(command, tmp_path / f"{name}.log"))
     for proc in procs:
         assert proc.wait(timeout=300) == 0

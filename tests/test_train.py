@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import run_bundle
+from conftest import composed, run_bundle
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def trained_2d(tmp_path_factory):
     """A short 2D training (4 mm, 16 pairs) through the shipped train config."""
     root = tmp_path_factory.mktemp("train2d")
     proc = run_bundle(
-        "run", "--config_file", "configs/train.json", "--bundle_root", str(root),
+        "run", "--config_file", composed("train.json"), "--bundle_root", str(root),
         "--spatial_dims", "2", "--spacing_mm", "4.0", "--sample_dir", str(root / "sample"),
         "--sample_pairs", json.dumps({"n_train": 16, "n_val": 4, "n_test": 0}),
         "--learning_rate", "0.002", "--train#trainer#max_epochs", "30", "--val_interval", "30",
@@ -61,7 +61,7 @@ def test_checkpoints_are_weights_only_and_resumable(trained_2d):
 def test_training_on_synthesised_pairs_generalises_to_template_pairs(tmp_path):
     """``--training_data @synth#dataset``: streamed label-map pairs; validated on template pairs never trained on."""
     proc = run_bundle(
-        "run", "--config_file", "configs/train.json", "--bundle_root", str(tmp_path),
+        "run", "--config_file", composed("train.json"), "--bundle_root", str(tmp_path),
         "--spatial_dims", "2", "--spacing_mm", "4.0", "--sample_dir", str(tmp_path / "sample"),
         "--sample_pairs", json.dumps({"n_train": 0, "n_val": 4, "n_test": 0}),
         "--training_data", "@synth#dataset", "--synth#pairs_per_epoch", "16",

@@ -61,6 +61,7 @@ class ExplanationWriter:
         refiner: the :class:`bundle.refine.InstanceRefiner` of inference; when enabled, its stages
             are explained too (``refine_affine``, ``refine_deformable``: similarity-gradient maps,
             :mod:`bundle.explain.refinement`) and the summary shows the refined result.
+        intensity: the registrar's intensity transform (see :class:`bundle.inference.PairRegistrar`).
     """
 
     def __init__(
@@ -77,9 +78,10 @@ class ExplanationWriter:
         overwrite: bool = False,
         initialise: bool = True,
         refiner=None,
+        intensity=None,
     ):
         divisor = int(size_divisor) if size_divisor else int(network.size_divisor)
-        self.registrar = PairRegistrar(network, checkpoint, device, spacing_mm, divisor, overwrite, initialise, refiner)
+        self.registrar = PairRegistrar(network, checkpoint, device, spacing_mm, divisor, overwrite, initialise, refiner, intensity)
         self.refiner = refiner
         self.network = self.registrar.network
         self.dims = self.registrar.dims

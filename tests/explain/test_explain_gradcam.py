@@ -5,7 +5,7 @@ import torch
 from captum.attr import LayerGradCam
 from torch.nn import functional as F
 
-from conftest import ROOT
+from conftest import ROOT, config_files
 from explain_helpers import random_network
 
 from bundle.explain.gradcam import (
@@ -50,7 +50,7 @@ def _network_3d():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "explain.json"))
+    parser.read_config(config_files("explain.json"))
     parser["spatial_dims"] = 3
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def", instantiate=True)

@@ -7,25 +7,30 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_bundle
+from conftest import ROOT, composed, config_files, run_bundle
 from explain_helpers import random_network, sparse_anatomy, translation, _WARP
 
 from bundle.explain.writer import ExplanationWriter, explain_files
 
 
 def test_explain_config_shares_the_inference_network_definition():
+    """explain.json is an override of common.json: the network, checkpoint and refiner of inference."""
+    from monai.bundle import ConfigParser
+
     explain = json.loads((ROOT / "configs" / "explain.json").read_text())
-    inference = json.loads((ROOT / "configs" / "inference.json").read_text())
-    assert explain["network_def"] == inference["network_def"]
-    for key in ("checkpoint", "fixed", "moving", "output_dir", "datalist", "overwrite", "stages", "targets", "roi_mask"):
+    assert "network_def" not in explain and "refiner" not in explain
+    for key in ("fixed", "moving", "output_dir", "datalist", "stages", "targets", "roi_mask"):
         assert key in explain, key
+    parser = ConfigParser()
+    parser.read_config(config_files("explain.json"))
+    assert parser["explainer"]["network"] == "@network_def" and parser["explainer"]["refiner"] == "@refiner"
 
 
 def _random_checkpoint(path):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "explain.json"))
+    parser.read_config(config_files("explain.json"))
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def", instantiate=True)
     for p in net.parameters():
@@ -39,7 +44,7 @@ def test_explain_config_writes_maps_on_the_fixed_grid_and_refuses_to_overwrite(s
     item = json.loads(sample_3d.read_text())["test"][0]
     base = sample_3d.parent
     out = tmp_path / "explain"
-    args = ["run", "--config_file", "configs/explain.json", "--checkpoint", str(ckpt),
+    args = ["run", "--config_file", composed("explain.json"), "--checkpoint", str(ckpt),
             "--fixed", str(base / item["fixed"]), "--moving", str(base / item["moving"]), "--output_dir", str(out),
             "--spacing_mm", "4.0", "--targets", "{'affine': ['translation_x_mm', 'rotation_z']}"]
     run_bundle(*args)
