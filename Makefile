@@ -23,6 +23,7 @@ demo: install
 	$(PY) -m bundle demo --output_dir $(DEMO_OUT)
 
 test: install
+	$(VENV)/bin/ruff check bundle benchmarks tests
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:

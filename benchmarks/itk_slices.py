@@ -203,7 +203,7 @@ def markdown(rows: list[dict], checks: dict, command: str, checkpoint: str | Non
         f"Produced by `{command}` on {machine_line()}; all methods in the same run.",
         f"Fixed `{FIXED}` (181 x 217), moving proton-density slices from Debian `insighttoolkit5-examples`",
         "(221 x 257: the same slice plus a 20-pixel border), 1 mm pixels. Ground truth: the motion",
-        f"`T(p) = R(p - c) + c + t` from fixed to moving points in the PNG's ITK coordinates (x right, y down,",
+        "`T(p) = R(p - c) + c + t` from fixed to moving points in the PNG's ITK coordinates (x right, y down,",
         f"the fixed slice at origin (20, 20)), rotation about c = {CENTRE} (a positive angle turns x towards y:",
         "clockwise as displayed), converted to RAS mm on the fixed grid (`warped(x) = moving(x + ddf(x))`).",
         f"Checked in this run: the moved file warped back by the ground truth vs the unmoved `{UNMOVED}`",

@@ -39,8 +39,9 @@ def _rss_mb() -> float:
 
 def measure_one(expression: str, kind: str, size: int, device: str, repeats: int) -> dict:
     """Time and peak memory of ``expression`` (a loss constructor) on inputs of ``size``^3."""
-    import bundle.losses  # noqa: F401 - names used by ``expression``
     import monai.losses  # noqa: F401
+
+    import bundle.losses  # noqa: F401 - names used by ``expression``
 
     loss = eval(expression)  # noqa: S307 - our own constant expressions
     g = torch.Generator().manual_seed(0)

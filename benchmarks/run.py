@@ -22,10 +22,9 @@ import numpy as np
 
 from bundle.cli import BUNDLE_ROOT, config_files
 from bundle.data.sample import ensure_sample_datalist
+from bundle.data.subject import write_subject_data
 from bundle.evaluate import PairData, _identity_result, summarise
 from bundle.inference import PairRegistrar, _read_datalist
-
-from bundle.data.subject import write_subject_data
 
 from . import classical
 from .null_pairs import null_datalist

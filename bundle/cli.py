@@ -14,7 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLE_ROOT", "USER_ERRORS", "STANDALONE_CONFIGS", "as_bool", "config_files", "exit_on_user_error", "run_config", "register", "apply", "demo", "main"]
+__all__ = [
+    "BUNDLE_ROOT", "USER_ERRORS", "STANDALONE_CONFIGS", "as_bool", "config_files", "exit_on_user_error", "run_config", "register", "apply", "demo",
+    "main",
+]
 
 #: Exceptions that mean "bad input", reported as one line instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)

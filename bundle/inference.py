@@ -30,7 +30,7 @@ import torch
 
 from .cli import as_bool
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
-from .fields import apply_affine, invert_displacement, inverse_consistency_mm, ras_to_lps, theta_to_world
+from .fields import apply_affine, inverse_consistency_mm, invert_displacement, ras_to_lps, theta_to_world
 from .initialise import centre_of_mass_translation, check_network_size, check_overlap
 from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
 from .itk_transforms import affine_step, field_step, save_composite_transform

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
+from torch import nn
+from torch.nn import functional as F
 
 from .cli import as_bool
 from .losses.mind import MINDSSCLoss, mind_ssc
@@ -214,7 +214,6 @@ class InstanceRefiner:
                 coarsest level beside ``theta`` and the best one continues (a multi-start).
         """
         size_full = tuple(moving.shape[2:])
-        dims = len(size_full)
         bad = [s for s in self.levels if any(n % s for n in size_full)]
         if bad:
             raise ValueError(f"network grid {size_full} is not divisible by the refinement pyramid factors {bad}")

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_bundle import _random_checkpoint
 
 from conftest import composed, run_bundle
-from test_bundle import _random_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,10 @@ def _registrar_cli(case, moving, out):
     """The registration path of the CLI, in-process, with the test checkpoint."""
     import sys
 
+    from test_bundle import network_from_config
+
     from bundle.cli import USER_ERRORS
     from bundle.inference import PairRegistrar
-    from test_bundle import network_from_config
 
     try:
         PairRegistrar(network_from_config(3), case["ckpt"]).run(fixed=case["fixed"], moving=moving, output_dir=out)
@@ -99,8 +100,9 @@ def test_bundle_run_rejects_bad_input_in_one_line(case, kind, tmp_path):
 
 
 def test_checkpoint_of_another_architecture_is_refused(case, tmp_path):
-    from bundle.inference import load_network_weights
     from test_bundle import network_from_config
+
+    from bundle.inference import load_network_weights
 
     other = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
@@ -110,8 +112,9 @@ def test_checkpoint_of_another_architecture_is_refused(case, tmp_path):
 
 
 def test_checkpoint_needing_code_is_refused(case, tmp_path):
-    from bundle.inference import load_network_weights
     from test_bundle import network_from_config
+
+    from bundle.inference import load_network_weights
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": ArbitraryObject()}, evil)  # unpickling it would import and run project code
@@ -121,8 +124,9 @@ def test_checkpoint_needing_code_is_refused(case, tmp_path):
 
 
 def test_label_on_another_grid_is_refused(case, tmp_path):
-    from bundle.inference import PairRegistrar
     from test_bundle import network_from_config
+
+    from bundle.inference import PairRegistrar
 
     lab = nib.load(case["base"] / case["item"]["moving_label"])
     shifted = nib.Nifti1Image(np.asarray(lab.dataobj)[:-1], lab.affine)
@@ -168,7 +172,7 @@ def _assert_one_line_error(proc, path, expected, out):
 @pytest.mark.parametrize("kind", sorted(DATALIST_EXPECTED))
 def test_bundle_run_rejects_bad_datalist(case, datalists, config, kind, tmp_path):
     out = tmp_path / "out"
-    proc = run_bundle("run", "--config_file", f"configs/{config}", "--checkpoint", str(case["ckpt"]),
+    proc = run_bundle("run", "--config_file", composed(config), "--checkpoint", str(case["ckpt"]),
                       "--datalist", str(datalists[kind]), "--output_dir", str(out), check=False)
     _assert_one_line_error(proc, datalists[kind], DATALIST_EXPECTED[kind], out)
 
@@ -185,8 +189,9 @@ def test_bundle_run_rejects_bad_datalist(case, datalists, config, kind, tmp_path
     ],
 )
 def test_malformed_datalist_is_one_line_error(case, content, expected, tmp_path):
-    from bundle.inference import PairRegistrar
     from test_bundle import network_from_config
+
+    from bundle.inference import PairRegistrar
 
     path = tmp_path / "datalist.json"
     path.write_bytes(content.encode("latin-1"))
@@ -198,8 +203,9 @@ def test_malformed_datalist_is_one_line_error(case, content, expected, tmp_path)
 
 def test_datalist_naming_a_missing_image_writes_nothing(case, tmp_path):
     """Item 1 names a missing file: refused before pair 0 is registered, so no partial results."""
-    from bundle.inference import PairRegistrar
     from test_bundle import network_from_config
+
+    from bundle.inference import PairRegistrar
 
     good = {"fixed": str(case["fixed"]), "moving": str(case["moving"])}
     path = tmp_path / "datalist.json"
@@ -211,9 +217,10 @@ def test_datalist_naming_a_missing_image_writes_nothing(case, tmp_path):
 
 
 def test_evaluation_datalist_without_labels_is_refused(case, tmp_path):
+    from test_bundle import network_from_config
+
     from bundle.evaluate import evaluate_datalist
     from bundle.inference import PairRegistrar
-    from test_bundle import network_from_config
 
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps({"test": [{"fixed": str(case["fixed"]), "moving": str(case["moving"])}]}))

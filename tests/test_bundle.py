@@ -7,7 +7,6 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from conftest import ROOT, composed, config_files, run_bundle

@@ -21,6 +21,7 @@ from torch import nn
 from bundle.engine import structured_forward
 from bundle.inference import OUTPUT_FILES
 from bundle.networks import RegistrationBundleNet, StructuredRegistration
+
 from conftest import ROOT, composed, config_files, run_bundle
 
 TRAIN = "['configs/common.json','configs/train.json','configs/multi_gpu_train.json']"

@@ -72,7 +72,7 @@ def test_refinement_never_lowers_its_objective(dims, similarity):
 
 
 def test_disabled_refiner_returns_the_network_result_exactly():
-    dims, n = 3, 16
+    n = 16
     theta = _rotation(3, 4.0, [1.0, 0.5, 0.0])
     velocity = torch.randn(1, 3, 4, 4, 4) * 0.1
     integrate = DVF2DDF(num_steps=7)

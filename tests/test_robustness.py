@@ -78,9 +78,10 @@ def _ddf_ras_mm(path, shape) -> np.ndarray:
 @pytest.fixture(scope="module")
 def shifted_results(tmp_path_factory):
     """Register each moving variant to the T1 template with the shipped model; recovered mean shifts."""
+    from test_bundle import network_from_config
+
     from bundle.data.templates import load_spm_templates
     from bundle.inference import PairRegistrar
-    from test_bundle import network_from_config
 
     t = load_spm_templates()
     root = tmp_path_factory.mktemp("shift")

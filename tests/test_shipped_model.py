@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from test_bundle import network_from_config
 
 from conftest import ROOT
-from test_bundle import network_from_config
 
 MODEL = ROOT / "models" / "model.pt"
 

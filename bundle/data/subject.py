@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..io import atomic_write
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
 from .grid import reorient_to_ras, resample_to_spacing
 from .labels import LABELS, tissue_labels
 from .pairs import generate_pair, source_volumes, write_pair
 from .synth import HEAD_TISSUE_RANGE
 from .templates import load_spm_single_subject
-from ..io import atomic_write
 
 __all__ = ["SUBJECT_SEED_BASE", "subject_volumes", "write_subject_data", "save_segmentation_figure", "main"]
 

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from monai.networks.blocks import DVF2DDF, Warp
 from monai.networks.layers import GaussianFilter
 from scipy import ndimage
+from torch.nn import functional as F
 
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
 from .deform import compose_affine_ddf, random_motion

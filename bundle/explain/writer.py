@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.validation import _check_dims, _read
 from ..cli import as_bool
+from ..data.validation import _check_dims, _read
 from ..inference import PairRegistrar, _read_datalist
 from ..io import save_image, staged_output_dir
 from ..resample import grid_world_points, sample_at_world, spatial_affine

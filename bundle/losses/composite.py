@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
+from torch import nn
+from torch.nn import functional as F
 
 from ..networks.regnet import RegistrationOutput, StageResult
 from .mutual_information import SparseMutualInformationLoss

@@ -11,8 +11,8 @@ gradient, a fraction of the time and memory (``benchmarks/losses.py``).
 from __future__ import annotations
 
 import torch
-from torch.nn.modules.loss import _Loss
 from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
 
 __all__ = ["SparseMutualInformationLoss", "cubic_bspline_weights"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import itertools
 
 import torch
-from torch.nn.modules.loss import _Loss
 from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
 
 __all__ = ["BendingEnergy", "Diffusion", "bending_stencils", "diffusion_stencils", "stencil_energy"]
 

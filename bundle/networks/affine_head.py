@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from monai.networks.blocks import Convolution
 
 from .encoder import conv_block
 

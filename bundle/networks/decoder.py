@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import Convolution
 from torch import nn
 from torch.nn import functional as F
-from monai.networks.blocks import Convolution
 
 from .encoder import conv_block
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import DVF2DDF, Convolution
 from torch import nn
 from torch.nn import functional as F
-from monai.networks.blocks import Convolution, DVF2DDF
 
 from .decoder import PyramidDecoder
 

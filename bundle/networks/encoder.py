@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from monai.networks.blocks import Convolution
+from torch import nn
 
 __all__ = ["ModalityEncoder", "conv_block"]
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
+from monai.networks.blocks import Warp
 from torch import nn
 from torch.nn import functional as F
-from monai.networks.blocks import Warp
 
 from .affine_head import AffineHead, affine_to_ddf
 from .decoder import SynthesisDecoder

@@ -3,10 +3,8 @@
 import pytest
 import torch
 from captum.attr import LayerGradCam
-from torch.nn import functional as F
-
-from conftest import ROOT, config_files
 from explain_helpers import random_network
+from torch.nn import functional as F
 
 from bundle.explain.gradcam import (
     STAGES,
@@ -18,6 +16,8 @@ from bundle.explain.gradcam import (
     stage_specs,
 )
 from bundle.explain.targets import make_target
+
+from conftest import config_files
 
 
 def _check_maps(explanations, shape):

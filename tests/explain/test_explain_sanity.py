@@ -5,9 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
-
 from explain_helpers import BOX, BUMP_AMPLITUDE, fitted_network, fitted_pairs, sparse_anatomy
+from torch import nn
 
 from bundle.explain.gradcam import StageExplainer
 from bundle.explain.sanity import (

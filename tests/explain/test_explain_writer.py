@@ -6,11 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
-from conftest import ROOT, composed, config_files, run_bundle
-from explain_helpers import random_network, sparse_anatomy, translation, _WARP
+from explain_helpers import _WARP, random_network, sparse_anatomy, translation
 
 from bundle.explain.writer import ExplanationWriter, explain_files
+
+from conftest import ROOT, composed, config_files, run_bundle
 
 
 def test_explain_config_shares_the_inference_network_definition():
