@@ -9,6 +9,9 @@ functions turn the network's voxel-space pieces into world-space ones and invert
 * :func:`theta_to_world`: the affine stage as a ``(dims + 1)^2`` RAS matrix;
 * :func:`ras_to_lps`: the same matrix in ITK's LPS convention;
 * :func:`apply_affine`: an affine applied to a field of world points;
+* :func:`centered_grid`, :func:`affine_to_ddf`, :func:`compose_ddf`: the network's voxel-space
+  fields (``Warp`` convention, ``warped(x) = moving(x + ddf(x))``), shared by the network, the
+  refinement and its explanations;
 * :func:`invert_displacement`: fixed-point inverse of a displacement field (for heads that
   do not integrate a velocity field; with a velocity field the inverse is ``exp(-v)``).
 """
@@ -19,7 +22,44 @@ import numpy as np
 import torch
 from monai.networks.blocks import Warp
 
-__all__ = ["theta_to_world", "ras_to_lps", "apply_affine", "invert_displacement", "inside_grid", "inverse_consistency_mm"]
+__all__ = [
+    "centered_grid", "affine_to_ddf", "compose_ddf", "theta_to_world", "ras_to_lps", "apply_affine", "invert_displacement", "inside_grid",
+    "inverse_consistency_mm",
+]
+
+
+def centered_grid(spatial_size, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates relative to the grid centre, shape ``(dims, *spatial_size)``."""
+    axes = [torch.arange(s, device=device, dtype=dtype) - (s - 1) / 2.0 for s in spatial_size]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def affine_to_ddf(theta: torch.Tensor, spatial_size) -> torch.Tensor:
+    """Dense displacement (voxel units) of the map ``p -> M p + t`` about the grid centre.
+
+    Args:
+        theta: ``(B, dims, dims + 1)``, ``[M | t]`` in voxel units, centred coordinates.
+        spatial_size: the grid the field is sampled on.
+
+    Returns:
+        ``(B, dims, *spatial_size)`` displacement, for MONAI ``Warp``.
+    """
+    dims = len(spatial_size)
+    if theta.shape[1:] != (dims, dims + 1):
+        raise ValueError(f"theta must have shape (B, {dims}, {dims + 1}), got {tuple(theta.shape)}.")
+    grid = centered_grid(spatial_size, device=theta.device, dtype=theta.dtype)
+    eye = torch.eye(dims, device=theta.device, dtype=theta.dtype)
+    lin = theta[:, :, :dims] - eye
+    ddf = torch.einsum("bij,j...->bi...", lin, grid)
+    return ddf + theta[:, :, dims].reshape(theta.shape[0], dims, *([1] * dims))
+
+
+def compose_ddf(first: torch.Tensor, second: torch.Tensor, warp: Warp) -> torch.Tensor:
+    """DDF of warping by ``first`` then by ``second``: ``second(x) + first(x + second(x))``.
+
+    ``Warp(Warp(img, first), second)(x) = img(x + second(x) + first(x + second(x)))``.
+    """
+    return second + warp(first, second)
 
 
 def theta_to_world(theta: np.ndarray, net_affine: np.ndarray, net_shape, initial_mm=None) -> np.ndarray:

@@ -30,12 +30,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cli import as_bool
+from .fields import affine_to_ddf, compose_ddf
 from .losses.mind import MINDSSCLoss, mind_ssc
 from .losses.mutual_information import SparseMutualInformationLoss
 from .losses.regularisers import Diffusion
-from .networks.affine_head import affine_to_ddf
 from .networks.deformable_head import field_to_ddf
-from .networks.regnet import compose_ddf
 
 __all__ = ["SIMILARITIES", "RefinementResult", "InstanceRefiner"]
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..networks.affine_head import affine_to_ddf, centered_grid
+from ..fields import affine_to_ddf, centered_grid, compose_ddf
 from ..networks.deformable_head import field_to_ddf
-from ..networks.regnet import compose_ddf
 from ..refine import InstanceRefiner
 from .gradcam import Explanation
 

@@ -5,35 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..fields import affine_to_ddf, centered_grid
 from .encoder import conv_block
 
-__all__ = ["AffineHead", "affine_to_ddf", "centered_grid"]
-
-
-def centered_grid(spatial_size, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Voxel coordinates relative to the grid centre, shape ``(dims, *spatial_size)``."""
-    axes = [torch.arange(s, device=device, dtype=dtype) - (s - 1) / 2.0 for s in spatial_size]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
-
-
-def affine_to_ddf(theta: torch.Tensor, spatial_size) -> torch.Tensor:
-    """Dense displacement (voxel units) of the map ``p -> M p + t`` about the grid centre.
-
-    Args:
-        theta: ``(B, dims, dims + 1)``, ``[M | t]`` in voxel units, centred coordinates.
-        spatial_size: the grid the field is sampled on.
-
-    Returns:
-        ``(B, dims, *spatial_size)`` displacement, for MONAI ``Warp``.
-    """
-    dims = len(spatial_size)
-    if theta.shape[1:] != (dims, dims + 1):
-        raise ValueError(f"theta must have shape (B, {dims}, {dims + 1}), got {tuple(theta.shape)}.")
-    grid = centered_grid(spatial_size, device=theta.device, dtype=theta.dtype)
-    eye = torch.eye(dims, device=theta.device, dtype=theta.dtype)
-    lin = theta[:, :, :dims] - eye
-    ddf = torch.einsum("bij,j...->bi...", lin, grid)
-    return ddf + theta[:, :, dims].reshape(theta.shape[0], dims, *([1] * dims))
+__all__ = ["AffineHead", "affine_to_ddf", "centered_grid"]  # the field functions live in bundle.fields
 
 
 class AffineHead(nn.Module):

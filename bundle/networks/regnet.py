@@ -10,20 +10,13 @@ from monai.networks.blocks import Warp
 from torch import nn
 from torch.nn import functional as F
 
-from .affine_head import AffineHead, affine_to_ddf
+from ..fields import affine_to_ddf, compose_ddf
+from .affine_head import AffineHead
 from .decoder import SynthesisDecoder
 from .deformable_head import DeformableHead
 from .encoder import ModalityEncoder
 
 __all__ = ["StageResult", "RegistrationOutput", "MultiModalRegNet", "compose_ddf"]
-
-
-def compose_ddf(first: torch.Tensor, second: torch.Tensor, warp: Warp) -> torch.Tensor:
-    """DDF of warping by ``first`` then by ``second``: ``second(x) + first(x + second(x))``.
-
-    ``Warp(Warp(img, first), second)(x) = img(x + second(x) + first(x + second(x)))``.
-    """
-    return second + warp(first, second)
 
 
 @dataclass
