@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from bundle.cli import BUNDLE_ROOT
+from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
 from bundle.explain.gradcam import explain_pair
 from bundle.explain.sanity import sanity_report
-from bundle.inference import PairRegistrar, _read_datalist
+from bundle.inference import PairRegistrar
 
 from .run import _network
 
@@ -37,7 +38,7 @@ def main(argv=None) -> dict:
     registrar.load_weights()
     net = registrar.network
     results = []
-    for item in _read_datalist(datalist, "test")[: args.pairs]:
+    for item in read_datalist(datalist, "test")[: args.pairs]:
         fixed, fa, _, moving, ma = registrar.load_pair(item["fixed"], item["moving"])
         m, f, _, _ = registrar.to_network_grid(fixed, fa, moving, ma)
         t0 = time.perf_counter()

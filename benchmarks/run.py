@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from bundle.cli import BUNDLE_ROOT, config_files
+from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
 from bundle.data.subject import write_subject_data
 from bundle.evaluate import PairData, _identity_result, summarise
-from bundle.inference import PairRegistrar, _read_datalist
+from bundle.inference import PairRegistrar
 
 from . import classical
 from .null_pairs import null_datalist
@@ -105,7 +106,7 @@ def _dataset_datalist(dataset: str, per_contrast: int) -> str:
     """The datalist of a named data set, generated on first use."""
     if dataset == "subject":
         path = BUNDLE_ROOT / "sample_data" / "subject" / "datalist.json"
-        if not path.is_file() or len(_read_datalist(str(path), "test")) < 2 * per_contrast:
+        if not path.is_file() or len(read_datalist(str(path), "test")) < 2 * per_contrast:
             write_subject_data(path.parent, pairs_per_contrast=per_contrast)
         return str(path)
     return ensure_sample_datalist(BUNDLE_ROOT / "sample_data" / "3d", spatial_dims=3, spacing_mm=2.0, n_train=32, n_val=4, n_test=20)
@@ -114,7 +115,7 @@ def _dataset_datalist(dataset: str, per_contrast: int) -> str:
 def select_items(datalist: str, section: str, per_contrast: int) -> list[dict]:
     """The first ``per_contrast`` items of each contrast in a datalist section."""
     items, counts = [], {}
-    for item in _read_datalist(datalist, section):
+    for item in read_datalist(datalist, section):
         c = item.get("contrast", "")
         if counts.get(c, 0) < per_contrast:
             items.append(item)
@@ -178,7 +179,7 @@ def main(argv=None) -> dict:
     registrar = _registrar(args.checkpoint)
     registrar.load_weights()
     items = select_items(datalist, args.section, args.pairs_per_contrast)
-    nulls = [] if args.datalist or not args.null else _read_datalist(null_datalist(args.dataset), "test")
+    nulls = [] if args.datalist or not args.null else read_datalist(null_datalist(args.dataset), "test")
     command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     rows, null_rows, summary = [], [], {}
     jobs = [(item, True) for item in nulls] + [(item, False) for item in items]  # the few null pairs first

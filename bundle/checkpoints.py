@@ -5,10 +5,12 @@ MONAI's ``CheckpointSaver`` (through Ignite's ``Checkpoint``) removes the previo
 is left with a truncated checkpoint, or none, and cannot resume. :func:`make_atomic` swaps
 the savers' disk handlers for :class:`AtomicDiskSaver`, which writes to a temporary file,
 renames it over the final name, and only then removes the file it supersedes.
+:func:`load_network_weights` reads them back, weights only.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import ignite.distributed as idist
@@ -17,7 +19,7 @@ from ignite.handlers import DiskSaver
 
 from .io import atomic_write
 
-__all__ = ["AtomicDiskSaver", "make_atomic"]
+__all__ = ["AtomicDiskSaver", "make_atomic", "load_network_weights"]
 
 _CHECKPOINTS = ("_interval_checkpoint", "_final_checkpoint", "_key_metric_checkpoint")
 
@@ -67,3 +69,29 @@ def _flatten(items: Iterable) -> list:
     for item in items:
         out.extend(_flatten(item) if isinstance(item, (list, tuple)) else [item])
     return out
+
+
+def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
+    """Load weights saved by the training config, refusing pickled code and foreign architectures.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: one line naming the file: not a weights-only checkpoint, or keys/shapes
+            that do not match ``network``.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a weights-only checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a weights-only checkpoint (refusing to run arbitrary code): {first}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state, strict=True)
+    except Exception as e:  # noqa: BLE001
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: checkpoint does not fit this network architecture ({msg})") from None
+    return network

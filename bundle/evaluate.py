@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .data.datalist import read_datalist
 from .data.validation import load_checked_label
-from .inference import PairRegistrar, _read_datalist
+from .inference import PairRegistrar
 from .io import atomic_write, load_displacement
 from .metrics import registration_metrics
 from .resample import grid_world_points, sample_labels_at_world, spatial_affine
@@ -112,7 +113,7 @@ def evaluate_datalist(
     methods: Sequence[str] = METHODS, labels: Sequence[int] = (1, 2, 3), limit: int | None = None,
 ) -> dict:
     """Evaluate every pair of a datalist section; writes ``metrics.csv`` and ``summary.json``."""
-    items = _read_datalist(datalist, section)[:limit]
+    items = read_datalist(datalist, section)[:limit]
     for i, item in enumerate(items):
         missing = [k for k in ("fixed_label", "moving_label") if k not in item]
         if missing:

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoints import load_network_weights
 from .cli import as_bool
+from .data.datalist import read_datalist
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
 from .fields import apply_affine, inverse_consistency_mm, invert_displacement, ras_to_lps, theta_to_world
 from .initialise import centre_of_mass_translation, check_network_size, check_overlap
@@ -38,7 +39,7 @@ from .metrics import dice_per_label, jacobian_determinant
 from .networks.deformable_head import field_to_ddf
 from .resample import grid_world_points, label_dtype, ras_grid_for, sample_at_world, sample_labels_at_world, spatial_affine
 
-__all__ = ["OUTPUT_FILES", "load_network_weights", "PairRegistrar"]
+__all__ = ["OUTPUT_FILES", "PairRegistrar", "default_intensity_scaling"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,32 +47,6 @@ OUTPUT_FILES = (
     "warped_moving.nii.gz", "ddf_mm.nii.gz", "ddf_inverse_mm.nii.gz", "affine.tfm", "transform.h5", "transform_inverse.h5",
     "jacobian.nii.gz", "metrics.json",
 )
-
-
-def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
-    """Load weights saved by the training config, refusing pickled code and foreign architectures.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: one line naming the file: not a weights-only checkpoint, or keys/shapes
-            that do not match ``network``.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a weights-only checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a weights-only checkpoint (refusing to run arbitrary code): {first}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    try:
-        network.load_state_dict(state, strict=True)
-    except Exception as e:  # noqa: BLE001
-        msg = " ".join(str(e).split())[:300]
-        raise ValueError(f"{path}: checkpoint does not fit this network architecture ({msg})") from None
-    return network
 
 
 def default_intensity_scaling():
@@ -395,7 +370,7 @@ class PairRegistrar:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.load_weights()
         if datalist:
-            items = _read_datalist(datalist, section)
+            items = read_datalist(datalist, section)
             out = []
             for i in range(rank, len(items), world_size):  # strided share; all pairs when world_size == 1
                 item = items[i]
@@ -412,58 +387,3 @@ class PairRegistrar:
         if rank > 0:
             return []
         return [self.register_files(fixed, moving, output_dir, fixed_label, moving_label)]
-
-
-
-
-DATALIST_FILE_KEYS = ("fixed", "moving", "fixed_label", "moving_label", "gt_ddf")
-
-
-def _load_json(path: str) -> object:
-    """The parsed JSON of a datalist file, or a one-line error naming it."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: datalist not found")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: datalist is not a file")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path}: unreadable datalist, not JSON ({' '.join(str(e).split())[:200]})") from None
-
-
-def _check_items(path: str, section: str, items: object) -> None:
-    """Every item of ``section`` is an object with ``fixed`` and ``moving``."""
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"{path}: section '{section}' of the datalist is not a non-empty list of items")
-    for i, item in enumerate(items):
-        missing = [k for k in ("fixed", "moving") if not isinstance(item, dict) or k not in item]
-        if missing:
-            raise ValueError(f"{path}: item {i} of '{section}' lacks key(s) {missing}")
-
-
-def _check_files_exist(path: str, section: str, items: list[dict]) -> None:
-    """Fail before any output is written when a file named by an item is missing."""
-    for i, item in enumerate(items):
-        for key in DATALIST_FILE_KEYS:
-            if isinstance(item.get(key), str) and not os.path.isfile(item[key]):
-                raise FileNotFoundError(f"{item[key]}: file not found ('{key}' of item {i} of '{section}' in {path})")
-
-
-def _read_datalist(path, section):
-    """The items of one section of a decathlon-style datalist, paths resolved against its folder.
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file: missing, not JSON, no such
-            section, an item without ``fixed``/``moving``, or a file named by an item missing.
-    """
-    from monai.data import load_decathlon_datalist
-
-    path = str(path)
-    data = _load_json(path)
-    if not isinstance(data, dict) or section not in data:
-        raise ValueError(f"{path}: datalist has no '{section}' section")
-    _check_items(path, section, data[section])
-    items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section)
-    _check_files_exist(path, section, items)
-    return items

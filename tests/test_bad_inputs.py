@@ -102,7 +102,7 @@ def test_bundle_run_rejects_bad_input_in_one_line(case, kind, tmp_path):
 def test_checkpoint_of_another_architecture_is_refused(case, tmp_path):
     from test_bundle import network_from_config
 
-    from bundle.inference import load_network_weights
+    from bundle.checkpoints import load_network_weights
 
     other = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
@@ -114,7 +114,7 @@ def test_checkpoint_of_another_architecture_is_refused(case, tmp_path):
 def test_checkpoint_needing_code_is_refused(case, tmp_path):
     from test_bundle import network_from_config
 
-    from bundle.inference import load_network_weights
+    from bundle.checkpoints import load_network_weights
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": ArbitraryObject()}, evil)  # unpickling it would import and run project code

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from ..cli import as_bool
+from ..data.datalist import read_datalist
 from ..data.validation import _check_dims, _read
-from ..inference import PairRegistrar, _read_datalist
+from ..inference import PairRegistrar
 from ..io import save_image, staged_output_dir
 from ..resample import grid_world_points, sample_at_world, spatial_affine
 from .gradcam import explain_pair, stage_specs
@@ -220,7 +221,7 @@ class ExplanationWriter:
             raise ValueError("output_dir is required")
         self.registrar.load_weights()
         if datalist:
-            items = _read_datalist(datalist, section)
+            items = read_datalist(datalist, section)
             return [
                 self.explain_files(item["fixed"], item["moving"], Path(output_dir) / f"{i:04d}", item.get("roi_mask", roi_mask))
                 for i, item in enumerate(items)
