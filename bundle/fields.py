@@ -7,7 +7,7 @@ field) followed by an affine ``A`` (which includes the initialisation's translat
 functions turn the network's voxel-space pieces into world-space ones and invert them:
 
 * :func:`theta_to_world`: the affine stage as a ``(dims + 1)^2`` RAS matrix;
-* :func:`ras_to_lps`: the same matrix in ITK's LPS convention;
+* :func:`lps_flip`, :func:`ras_to_lps`: vectors and matrices in ITK's LPS convention;
 * :func:`apply_affine`: an affine applied to a field of world points;
 * :func:`centered_grid`, :func:`affine_to_ddf`, :func:`compose_ddf`: the network's voxel-space
   fields (``Warp`` convention, ``warped(x) = moving(x + ddf(x))``), shared by the network, the
@@ -23,7 +23,7 @@ import torch
 from monai.networks.blocks import Warp
 
 __all__ = [
-    "centered_grid", "affine_to_ddf", "compose_ddf", "theta_to_world", "ras_to_lps", "apply_affine", "invert_displacement", "inside_grid",
+    "centered_grid", "affine_to_ddf", "compose_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine", "invert_displacement", "inside_grid",
     "inverse_consistency_mm",
 ]
 
@@ -87,10 +87,16 @@ def theta_to_world(theta: np.ndarray, net_affine: np.ndarray, net_shape, initial
     return world
 
 
+def lps_flip(dims: int) -> np.ndarray:
+    """``dims x dims`` matrix between RAS and LPS coordinates (its own inverse)."""
+    return np.diag([-1.0, -1.0] + [1.0] * (dims - 2))
+
+
 def ras_to_lps(affine: np.ndarray) -> np.ndarray:
     """A ``(dims + 1)^2`` point map in RAS coordinates expressed in LPS (ITK) coordinates."""
     d = affine.shape[0] - 1
-    flip = np.diag([-1.0, -1.0] + [1.0] * (d - 2) + [1.0])
+    flip = np.eye(d + 1)
+    flip[:d, :d] = lps_flip(d)
     return flip @ np.asarray(affine, dtype=np.float64) @ flip
 
 

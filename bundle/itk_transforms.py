@@ -7,8 +7,8 @@ are given in the order they act on a point.
 The file is ITK's HDF5 transform layout (``/TransformGroup/<i>/TransformType``,
 ``TransformParameters``, ``TransformFixedParameters``), written with ``h5py`` in double
 precision. ITK's own Python writer would need ~9 s per process to load its transform modules
-and holds vector images in single precision only; the tests read these files back with ITK,
-SimpleITK and ANTs.
+and holds vector images in single precision only; the tests read these files back with ITK
+(``itk.transformread``), SimpleITK and ANTs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fields import ras_to_lps
+from .fields import lps_flip, ras_to_lps
 
 __all__ = ["affine_step", "field_step", "save_composite_transform", "ITK_LAYOUT_VERSION"]
 
@@ -36,10 +36,6 @@ def field_step(displacement_mm: np.ndarray, grid_affine: np.ndarray) -> tuple:
     return ("field", np.asarray(displacement_mm, dtype=np.float64), np.asarray(grid_affine, dtype=np.float64))
 
 
-def _flip(d: int) -> np.ndarray:
-    return np.diag([-1.0, -1.0] + [1.0] * (d - 2))
-
-
 def _affine_parameters(affine_ras: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     d = affine_ras.shape[0] - 1
     lps = ras_to_lps(affine_ras)
@@ -48,7 +44,7 @@ def _affine_parameters(affine_ras: np.ndarray) -> tuple[str, np.ndarray, np.ndar
 
 def _field_parameters(displacement_mm: np.ndarray, grid_affine: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     d = displacement_mm.shape[0]
-    flip = _flip(d)
+    flip = lps_flip(d)
     lps = np.einsum("ij,j...->i...", flip, displacement_mm)
     # ITK's buffer: x fastest, components interleaved, i.e. a C-order (z, y, x, component) array
     buffer = np.moveaxis(lps, 0, -1).transpose(*range(d - 1, -1, -1), d).reshape(-1)

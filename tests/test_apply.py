@@ -147,6 +147,12 @@ def test_transform_files_map_points_forward_and_back(reg3d):
     y = np.array([flip * np.array(fwd.TransformPoint(tuple(flip * p))) for p in x])
     back = np.array([flip * np.array(inv.TransformPoint(tuple(flip * p))) for p in y])
     assert np.linalg.norm(back - x, axis=1).max() < 0.5 * VOXEL_MM
+    # ITK itself reads the same file and maps the points the same way
+    import itk
+
+    by_itk = itk.transformread(str(out / "transform.h5"))[0]
+    y_itk = np.array([flip * np.array(list(by_itk.TransformPoint([float(v) for v in flip * p]))) for p in x])
+    assert np.abs(y_itk - y).max() < 1e-6
     # and transform.h5 agrees with the known motion (fixed x -> moving c + R (x - c) + s) within a voxel
     truth = (_rotation(3) @ (x - reg3d["centre"]).T).T + reg3d["centre"] + SHIFT
     err = np.linalg.norm(y - truth, axis=1)
