@@ -12,11 +12,15 @@ functions turn the network's voxel-space pieces into world-space ones and invert
 * :func:`centered_grid`, :func:`affine_to_ddf`, :func:`compose_ddf`: the network's voxel-space
   fields (``Warp`` convention, ``warped(x) = moving(x + ddf(x))``), shared by the network, the
   refinement and its explanations;
+* :func:`linear_part`, :func:`spacing_from_affine`: voxel -> mm linear maps and voxel sizes;
+* :func:`jacobian_determinant`: of ``x -> x + ddf(x)`` (the metrics' folding and SDlogJ use it);
 * :func:`invert_displacement`: fixed-point inverse of a displacement field (for heads that
   do not integrate a velocity field; with a velocity field the inverse is ``exp(-v)``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,6 +29,7 @@ from monai.networks.blocks import Warp
 __all__ = [
     "centered_grid", "affine_to_ddf", "compose_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine", "invert_displacement", "inside_grid",
     "inverse_consistency_mm",
+    "check_ddf", "as_float", "linear_part", "spacing_from_affine", "jacobian_determinant",
 ]
 
 
@@ -156,3 +161,110 @@ def inverse_consistency_mm(
         return {"mean": float("nan"), "p99": float("nan"), "max": float("nan"), "voxels": 0}
     p99 = float(torch.quantile(values.double(), 0.99)) if values.numel() <= 2**24 else float(np.percentile(values.numpy(), 99))
     return {"mean": float(values.mean()), "p99": p99, "max": float(values.max()), "voxels": int(values.numel())}
+
+
+# ----------------------------------------------------------------------------- voxel fields and spacing
+
+
+def check_ddf(ddf: torch.Tensor, name: str = "ddf") -> int:
+    """Number of spatial dimensions of a ``(B, dims, *S)`` displacement field; ``ValueError`` otherwise."""
+    dims = ddf.ndim - 2
+    if ddf.ndim < 3 or ddf.shape[1] != dims:
+        raise ValueError(
+            f"expected a channel-first {name} of shape (B, dims, *spatial) with dims == len(spatial), "
+            f"got {tuple(ddf.shape)}"
+        )
+    return dims
+
+
+def as_float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a floating-point tensor (integers become float32)."""
+    return t if torch.is_floating_point(t) else t.float()
+
+
+def linear_part(affine_or_spacing, dims: int, batch: int) -> torch.Tensor:
+    """Voxel -> mm linear map as a float64 ``(B, dims, dims)`` tensor.
+
+    Accepts a scalar or ``dims`` spacings (diagonal), a square matrix of size ``>= dims``
+    (e.g. a 4x4 affine; its top-left ``dims x dims`` block), or a batch ``(B or 1, n, n)`` of them.
+    """
+    t = torch.as_tensor(np.asarray(affine_or_spacing, dtype=np.float64))
+    if t.ndim == 0:
+        mat = torch.eye(dims, dtype=torch.float64) * t
+        mat = mat[None]
+    elif t.ndim == 1:
+        if t.shape[0] != dims:
+            raise ValueError(f"expected {dims} voxel spacings, got spacing of shape {tuple(t.shape)}")
+        mat = torch.diag(t)[None]
+    elif t.ndim in (2, 3):
+        if t.ndim == 2:
+            t = t[None]
+        if t.shape[-1] != t.shape[-2] or t.shape[-1] < dims or t.shape[0] not in (1, batch):
+            raise ValueError(
+                f"expected an affine of shape (n, n) or ({batch} or 1, n, n) with n >= {dims}, got {tuple(t.shape)}"
+            )
+        mat = t[:, :dims, :dims]
+    else:
+        raise ValueError(f"expected spacing or affine, got an array of shape {tuple(t.shape)}")
+    return mat.expand(batch, dims, dims)
+
+
+def spacing_from_affine(affine: torch.Tensor | np.ndarray, dims: int) -> list[float]:
+    """Voxel spacing in mm: the column norms of the top-left ``dims x dims`` block of ``affine``.
+
+    Args:
+        affine: ``(n, n)`` voxel -> RAS mm matrix with ``n >= dims`` (usually 4x4).
+        dims: number of spatial dimensions (2 or 3).
+    """
+    mat = linear_part(affine, dims, 1)[0]
+    return [float(v) for v in torch.linalg.norm(mat, dim=0)]
+
+
+def jacobian_determinant(ddf: torch.Tensor, spacing: float | Sequence[float] | None = None) -> torch.Tensor:
+    """Determinant of the Jacobian of the map ``phi(x) = x + ddf(x)``.
+
+    Derivatives are finite differences as :func:`numpy.gradient` (``torch.gradient``): central
+    inside, first-order one-sided at the borders; an axis of size 1 has zero derivative.
+
+    ``ddf`` is in voxel units of the fixed grid, so ``phi`` maps fixed voxels to (moving) voxels on
+    the same grid. Expressed in millimetres with the linear part ``M`` of the affine the map becomes
+    ``M phi M^-1``, whose Jacobian ``M J M^-1`` is similar to ``J``: **the determinant does not
+    depend on the spacing or direction**. ``spacing`` is therefore optional; when given, the
+    Jacobian is formed in mm (``J_ij = delta_ij + s_i / s_j * d u_i / d x_j``), which gives the same
+    determinant up to rounding.
+
+    Args:
+        ddf: ``(B, dims, *S)`` displacement field in voxels, channel ``i`` along spatial axis ``i``.
+        spacing: optional voxel spacing (scalar or ``dims`` values); does not change the result.
+
+    Returns:
+        ``(B, 1, *S)`` tensor.
+    """
+    dims = check_ddf(ddf)
+    ddf = as_float(ddf)
+    scale = None
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
+        if sp.size == 1:
+            sp = np.repeat(sp, dims)
+        if sp.size != dims or np.any(sp <= 0):
+            raise ValueError(f"expected a positive scalar spacing or {dims} values, got {np.asarray(spacing)}")
+        scale = sp
+    spatial_dims = [d + 2 for d in range(dims) if ddf.shape[d + 2] >= 2]
+    grads = dict(zip(spatial_dims, torch.gradient(ddf, dim=spatial_dims))) if spatial_dims else {}
+    zeros = torch.zeros_like(ddf[:, 0])
+    jac = [[None] * dims for _ in range(dims)]
+    for i in range(dims):
+        for j in range(dims):
+            g = grads[j + 2][:, i] if (j + 2) in grads else zeros
+            if scale is not None and i != j:
+                g = g * float(scale[i] / scale[j])
+            jac[i][j] = g + 1.0 if i == j else g
+    if dims == 2:
+        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    elif dims == 3:
+        (a, b, c), (d, e, f), (g, h, k) = jac
+        det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
+    else:
+        det = torch.linalg.det(torch.stack([torch.stack(row, dim=-1) for row in jac], dim=-2))
+    return det.unsqueeze(1)

@@ -31,11 +31,11 @@ from .checkpoints import load_network_weights
 from .cli import as_bool
 from .data.datalist import read_datalist
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
-from .fields import apply_affine, inverse_consistency_mm, invert_displacement, ras_to_lps, theta_to_world
+from .fields import apply_affine, inverse_consistency_mm, invert_displacement, jacobian_determinant, ras_to_lps, theta_to_world
 from .initialise import centre_of_mass_translation, check_network_size, check_overlap
 from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
 from .itk_transforms import affine_step, field_step, save_composite_transform
-from .metrics import dice_per_label, jacobian_determinant
+from .metrics import dice_per_label
 from .networks.deformable_head import field_to_ddf
 from .resample import grid_world_points, label_dtype, ras_grid_for, sample_at_world, sample_labels_at_world, spatial_affine
 

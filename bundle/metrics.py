@@ -24,16 +24,16 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.blocks import Warp
 
+from .fields import as_float, check_ddf, jacobian_determinant, linear_part, spacing_from_affine
+
 __all__ = [
     "dice_per_label",
     "mean_dice",
     "hd95_per_label",
-    "jacobian_determinant",
     "folding_percent",
     "sd_log_jacobian",
     "displacement_error_mm",
     "normalized_mutual_information",
-    "spacing_from_affine",
     "one_hot_labels",
     "warp_labels",
     "registration_metrics",
@@ -67,20 +67,6 @@ def one_hot_labels(label: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
     return torch.cat([bg, fg], dim=1)
 
 
-def _check_ddf(ddf: torch.Tensor, name: str = "ddf") -> int:
-    dims = ddf.ndim - 2
-    if ddf.ndim < 3 or ddf.shape[1] != dims:
-        raise ValueError(
-            f"expected a channel-first {name} of shape (B, dims, *spatial) with dims == len(spatial), "
-            f"got {tuple(ddf.shape)}"
-        )
-    return dims
-
-
-def _float(t: torch.Tensor) -> torch.Tensor:
-    return t if torch.is_floating_point(t) else t.float()
-
-
 def _prepare_mask(mask: torch.Tensor | None, batch: int, spatial: Sequence[int], device) -> torch.Tensor | None:
     """``(B or 1, 1, *S)`` mask -> boolean ``(B, *S)``; ``None`` stays ``None``."""
     if mask is None:
@@ -111,44 +97,6 @@ def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     hi = min(lo + 1, n - 1)
     frac = pos - lo
     return v[lo] + (v[hi] - v[lo]) * frac
-
-
-def _linear_part(affine_or_spacing, dims: int, batch: int) -> torch.Tensor:
-    """Voxel -> mm linear map as a float64 ``(B, dims, dims)`` tensor.
-
-    Accepts a scalar or ``dims`` spacings (diagonal), a square matrix of size ``>= dims``
-    (e.g. a 4x4 affine; its top-left ``dims x dims`` block), or a batch ``(B or 1, n, n)`` of them.
-    """
-    t = torch.as_tensor(np.asarray(affine_or_spacing, dtype=np.float64))
-    if t.ndim == 0:
-        mat = torch.eye(dims, dtype=torch.float64) * t
-        mat = mat[None]
-    elif t.ndim == 1:
-        if t.shape[0] != dims:
-            raise ValueError(f"expected {dims} voxel spacings, got spacing of shape {tuple(t.shape)}")
-        mat = torch.diag(t)[None]
-    elif t.ndim in (2, 3):
-        if t.ndim == 2:
-            t = t[None]
-        if t.shape[-1] != t.shape[-2] or t.shape[-1] < dims or t.shape[0] not in (1, batch):
-            raise ValueError(
-                f"expected an affine of shape (n, n) or ({batch} or 1, n, n) with n >= {dims}, got {tuple(t.shape)}"
-            )
-        mat = t[:, :dims, :dims]
-    else:
-        raise ValueError(f"expected spacing or affine, got an array of shape {tuple(t.shape)}")
-    return mat.expand(batch, dims, dims)
-
-
-def spacing_from_affine(affine: torch.Tensor | np.ndarray, dims: int) -> list[float]:
-    """Voxel spacing in mm: the column norms of the top-left ``dims x dims`` block of ``affine``.
-
-    Args:
-        affine: ``(n, n)`` voxel -> RAS mm matrix with ``n >= dims`` (usually 4x4).
-        dims: number of spatial dimensions (2 or 3).
-    """
-    mat = _linear_part(affine, dims, 1)[0]
-    return [float(v) for v in torch.linalg.norm(mat, dim=0)]
 
 
 # ----------------------------------------------------------------------------- overlap
@@ -249,56 +197,6 @@ def hd95_per_label(
 # ----------------------------------------------------------------------------- field regularity
 
 
-def jacobian_determinant(ddf: torch.Tensor, spacing: float | Sequence[float] | None = None) -> torch.Tensor:
-    """Determinant of the Jacobian of the map ``phi(x) = x + ddf(x)``.
-
-    Derivatives are finite differences as :func:`numpy.gradient` (``torch.gradient``): central
-    inside, first-order one-sided at the borders; an axis of size 1 has zero derivative.
-
-    ``ddf`` is in voxel units of the fixed grid, so ``phi`` maps fixed voxels to (moving) voxels on
-    the same grid. Expressed in millimetres with the linear part ``M`` of the affine the map becomes
-    ``M phi M^-1``, whose Jacobian ``M J M^-1`` is similar to ``J``: **the determinant does not
-    depend on the spacing or direction**. ``spacing`` is therefore optional; when given, the
-    Jacobian is formed in mm (``J_ij = delta_ij + s_i / s_j * d u_i / d x_j``), which gives the same
-    determinant up to rounding.
-
-    Args:
-        ddf: ``(B, dims, *S)`` displacement field in voxels, channel ``i`` along spatial axis ``i``.
-        spacing: optional voxel spacing (scalar or ``dims`` values); does not change the result.
-
-    Returns:
-        ``(B, 1, *S)`` tensor.
-    """
-    dims = _check_ddf(ddf)
-    ddf = _float(ddf)
-    scale = None
-    if spacing is not None:
-        sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
-        if sp.size == 1:
-            sp = np.repeat(sp, dims)
-        if sp.size != dims or np.any(sp <= 0):
-            raise ValueError(f"expected a positive scalar spacing or {dims} values, got {np.asarray(spacing)}")
-        scale = sp
-    spatial_dims = [d + 2 for d in range(dims) if ddf.shape[d + 2] >= 2]
-    grads = dict(zip(spatial_dims, torch.gradient(ddf, dim=spatial_dims))) if spatial_dims else {}
-    zeros = torch.zeros_like(ddf[:, 0])
-    jac = [[None] * dims for _ in range(dims)]
-    for i in range(dims):
-        for j in range(dims):
-            g = grads[j + 2][:, i] if (j + 2) in grads else zeros
-            if scale is not None and i != j:
-                g = g * float(scale[i] / scale[j])
-            jac[i][j] = g + 1.0 if i == j else g
-    if dims == 2:
-        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
-    elif dims == 3:
-        (a, b, c), (d, e, f), (g, h, k) = jac
-        det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
-    else:
-        det = torch.linalg.det(torch.stack([torch.stack(row, dim=-1) for row in jac], dim=-2))
-    return det.unsqueeze(1)
-
-
 def folding_percent(ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Percentage of voxels whose Jacobian determinant is ``<= 0`` (folding).
 
@@ -367,12 +265,12 @@ def displacement_error_mm(
         ``{"mean": (B,), "p95": (B,)}``; p95 is the linearly interpolated 95th percentile
         (``numpy.percentile``). ``nan`` for an empty mask.
     """
-    dims = _check_ddf(ddf)
+    dims = check_ddf(ddf)
     if gt_ddf.shape != ddf.shape:
         raise ValueError(f"gt_ddf must have the shape of ddf {tuple(ddf.shape)}, got {tuple(gt_ddf.shape)}")
     batch = ddf.shape[0]
-    diff = _float(ddf) - _float(gt_ddf).to(ddf.device)
-    mat = _linear_part(affine_or_spacing, dims, batch).to(device=diff.device, dtype=diff.dtype)
+    diff = as_float(ddf) - as_float(gt_ddf).to(ddf.device)
+    mat = linear_part(affine_or_spacing, dims, batch).to(device=diff.device, dtype=diff.dtype)
     err = torch.linalg.vector_norm(torch.einsum("bij,bj...->bi...", mat, diff), dim=1)
     m = _prepare_mask(mask, batch, ddf.shape[2:], ddf.device)
     means, p95s = [], []
@@ -468,7 +366,7 @@ def warp_labels(
     Returns:
         ``(B, 1, *S)`` ``torch.long`` label map.
     """
-    dims = _check_ddf(ddf)
+    dims = check_ddf(ddf)
     expected = (ddf.shape[0], 1, *ddf.shape[2:])
     if tuple(label.shape) != expected:
         raise ValueError(
@@ -477,7 +375,7 @@ def warp_labels(
     if dims not in (2, 3):
         raise ValueError(f"Warp supports 2D and 3D only, got ddf of shape {tuple(ddf.shape)}")
     values = [0] + [int(v) for v in labels if int(v) != 0]
-    ddf = _float(ddf)
+    ddf = as_float(ddf)
     one_hot = one_hot_labels(_as_int_labels(label).to(ddf.device), values[1:]).to(ddf.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
@@ -522,7 +420,7 @@ def registration_metrics(
     """
     if ddf.ndim < 3 or ddf.shape[0] != 1:
         raise ValueError(f"registration_metrics expects a single pair (batch size 1), got ddf {tuple(ddf.shape)}")
-    dims = _check_ddf(ddf)
+    dims = check_ddf(ddf)
     if warped_label.shape[0] != 1:
         raise ValueError(f"expected warped_label of batch size 1, got {tuple(warped_label.shape)}")
     if tuple(warped_label.shape[2:]) != tuple(ddf.shape[2:]):

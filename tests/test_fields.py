@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from bundle.fields import apply_affine, compose_ddf, inverse_consistency_mm, invert_displacement, lps_flip, ras_to_lps
+from bundle.fields import (
+    apply_affine,
+    compose_ddf,
+    inverse_consistency_mm,
+    invert_displacement,
+    jacobian_determinant,
+    linear_part,
+    lps_flip,
+    ras_to_lps,
+    spacing_from_affine,
+)
 from bundle.resample import grid_world_points
 
+
+def _grid(shape):
+    """(dims, *shape) voxel index grid, channel i = index along axis i."""
+    return torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))
+
+
+def _affine_ddf(mat: np.ndarray, shape) -> torch.Tensor:
+    """ddf(x) = (A - I) x (plus a constant), batch of 1."""
+    dims = len(shape)
+    a_minus_i = torch.as_tensor(mat - np.eye(dims))
+    shift = torch.arange(1, dims + 1, dtype=torch.float64).view(dims, *([1] * dims))
+    return (torch.einsum("ij,j...->i...", a_minus_i, _grid(shape)) + shift)[None]
 
 def _smooth_field(shape, amplitude=1.5):
     axes = torch.meshgrid(*[torch.linspace(0, np.pi, s) for s in shape], indexing="ij")
@@ -44,3 +67,55 @@ def test_ras_to_lps_flips_x_and_y():
     a[:3, 3] = [1.0, 2.0, 3.0]
     assert np.allclose(ras_to_lps(a)[:3, 3], [-1.0, -2.0, 3.0])
     assert np.allclose(lps_flip(2), np.diag([-1.0, -1.0]))
+
+
+# ----------------------------------------------------------------------------- Jacobian
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_jacobian_of_affine_field(dims):
+    rng = np.random.default_rng(dims)
+    mat = np.eye(dims) + 0.2 * rng.standard_normal((dims, dims))
+    shape = (9, 11, 7)[:dims]
+    ddf = _affine_ddf(mat, shape)
+    expected = float(np.linalg.det(mat))
+    for t in (ddf, ddf.float()):
+        det = jacobian_determinant(t)
+        assert det.shape == (1, 1, *shape)
+        assert torch.allclose(det.double(), torch.full_like(det.double(), expected), atol=1e-5)
+    # spacing does not change the determinant (similarity transform)
+    det_sp = jacobian_determinant(ddf, spacing=[0.5, 2.0, 3.0][:dims])
+    assert torch.allclose(det_sp, torch.full_like(det_sp, expected), atol=1e-10)
+    # batch of two, second one with a reflection
+    flip = mat.copy()
+    flip[0] *= -1
+    det2 = jacobian_determinant(torch.cat([ddf, _affine_ddf(flip, shape)]))
+    assert torch.allclose(det2[1], torch.full_like(det2[1], -expected), atol=1e-10)
+
+
+def test_jacobian_matches_numpy_gradient():
+    rng = np.random.default_rng(0)
+    ddf = rng.standard_normal((3, 6, 7, 8))
+    det = jacobian_determinant(torch.as_tensor(ddf)[None])[0, 0].numpy()
+    jac = np.stack([np.stack(np.gradient(ddf[i]), 0) for i in range(3)], 0) + np.eye(3)[:, :, None, None, None]
+    expected = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+    np.testing.assert_allclose(det, expected, atol=1e-10)
+
+
+def test_jacobian_singleton_axis_and_errors():
+    ddf = torch.zeros(1, 3, 5, 6, 1)
+    assert torch.all(jacobian_determinant(ddf) == 1)
+    with pytest.raises(ValueError, match=r"\(1, 2, 5, 6, 1\)"):
+        jacobian_determinant(torch.zeros(1, 2, 5, 6, 1))
+
+
+def test_spacing_and_linear_part_of_oblique_affine():
+    c, s = np.cos(0.3), np.sin(0.3)
+    aff = np.eye(4)
+    aff[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([0.8, 1.5, 3.0])
+    aff[:3, 3] = [-90, 12, 40]
+    assert spacing_from_affine(aff, 3) == pytest.approx([0.8, 1.5, 3.0])
+    assert spacing_from_affine(aff, 2) == pytest.approx([0.8, 1.5])
+    assert torch.equal(linear_part(2.0, 2, 3), torch.eye(2, dtype=torch.float64).expand(3, 2, 2) * 2)
+    with pytest.raises(ValueError, match="3 voxel spacings"):
+        linear_part([1.0, 2.0], 3, 1)

@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.fields import jacobian_determinant, spacing_from_affine
 from bundle.metrics import (
     dice_per_label,
     displacement_error_mm,
     folding_percent,
     hd95_per_label,
-    jacobian_determinant,
     mean_dice,
     normalized_mutual_information,
     registration_metrics,
     sd_log_jacobian,
-    spacing_from_affine,
     warp_labels,
 )
 
@@ -101,46 +100,6 @@ def test_hd95_shifted_squares(dims):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert math.isnan(hd95_per_label(a, b, labels=(2,)).item())  # absent from both
-
-
-# ----------------------------------------------------------------------------- Jacobian
-
-
-@pytest.mark.parametrize("dims", [2, 3])
-def test_jacobian_of_affine_field(dims):
-    rng = np.random.default_rng(dims)
-    mat = np.eye(dims) + 0.2 * rng.standard_normal((dims, dims))
-    shape = (9, 11, 7)[:dims]
-    ddf = _affine_ddf(mat, shape)
-    expected = float(np.linalg.det(mat))
-    for t in (ddf, ddf.float()):
-        det = jacobian_determinant(t)
-        assert det.shape == (1, 1, *shape)
-        assert torch.allclose(det.double(), torch.full_like(det.double(), expected), atol=1e-5)
-    # spacing does not change the determinant (similarity transform)
-    det_sp = jacobian_determinant(ddf, spacing=[0.5, 2.0, 3.0][:dims])
-    assert torch.allclose(det_sp, torch.full_like(det_sp, expected), atol=1e-10)
-    # batch of two, second one with a reflection
-    flip = mat.copy()
-    flip[0] *= -1
-    det2 = jacobian_determinant(torch.cat([ddf, _affine_ddf(flip, shape)]))
-    assert torch.allclose(det2[1], torch.full_like(det2[1], -expected), atol=1e-10)
-
-
-def test_jacobian_matches_numpy_gradient():
-    rng = np.random.default_rng(0)
-    ddf = rng.standard_normal((3, 6, 7, 8))
-    det = jacobian_determinant(torch.as_tensor(ddf)[None])[0, 0].numpy()
-    jac = np.stack([np.stack(np.gradient(ddf[i]), 0) for i in range(3)], 0) + np.eye(3)[:, :, None, None, None]
-    expected = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
-    np.testing.assert_allclose(det, expected, atol=1e-10)
-
-
-def test_jacobian_singleton_axis_and_errors():
-    ddf = torch.zeros(1, 3, 5, 6, 1)
-    assert torch.all(jacobian_determinant(ddf) == 1)
-    with pytest.raises(ValueError, match=r"\(1, 2, 5, 6, 1\)"):
-        jacobian_determinant(torch.zeros(1, 2, 5, 6, 1))
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -24,13 +24,9 @@ __all__ = [
     "random_affine",
     "random_elastic",
     "random_motion",
-    "affine_to_ddf",
     "compose_affine_ddf",
-    "compose_ddf",
     "invert_affine",
     "invert_map_at",
-    "invert_ddf",
-    "jacobian_determinant",
     "sample_linear",
     "resample",
 ]
@@ -204,28 +200,10 @@ def random_motion(
     return matrix, elastic
 
 
-def affine_to_ddf(matrix: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """DDF of an affine map on a grid: ``d(x) = A x - x``."""
-    grid = identity_grid(shape)
-    return transform_points(matrix, grid) - grid
-
-
 def compose_affine_ddf(matrix: np.ndarray, ddf: np.ndarray) -> np.ndarray:
     """DDF of ``x -> A (x + ddf(x))``, the affine applied after the DDF (exact, no resampling)."""
     grid = identity_grid(ddf.shape[1:])
     return transform_points(matrix, grid + ddf) - grid
-
-
-def compose_ddf(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """DDF of ``phi_outer(phi_inner(x))``: ``inner(x) + outer(x + inner(x))`` (linear interpolation).
-
-    With :class:`monai.networks.blocks.Warp`, warping by the result equals warping by ``outer``
-    and then by ``inner``.
-    """
-    if outer.shape != inner.shape:
-        raise ValueError(f"DDF shapes differ: {outer.shape} vs {inner.shape}")
-    grid = identity_grid(inner.shape[1:])
-    return inner + sample_linear(outer, grid + inner)
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
@@ -276,22 +254,6 @@ def invert_map_at(
         raise RuntimeError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=2)
     return estimate
-
-
-def invert_ddf(ddf: np.ndarray, iterations: int = 30, tolerance: float = 1e-3) -> np.ndarray:
-    """DDF ``v`` of the inverse map: ``phi_v = phi_ddf^{-1}`` on the same grid (see :func:`invert_map_at`)."""
-    grid = identity_grid(ddf.shape[1:])
-    return invert_map_at(ddf, grid, iterations, tolerance) - grid
-
-
-def jacobian_determinant(ddf: np.ndarray) -> np.ndarray:
-    """Determinant of the Jacobian of ``x -> x + ddf(x)`` (central differences), shape ``spatial``."""
-    dims = ddf.shape[0]
-    jac = np.empty((*ddf.shape[1:], dims, dims), dtype=np.float64)
-    for i in range(dims):
-        for j, g in enumerate(np.gradient(ddf[i].astype(np.float64))):
-            jac[..., i, j] = g + (1.0 if i == j else 0.0)
-    return np.linalg.det(jac)
 
 
 def sample_linear(field: np.ndarray, points: np.ndarray) -> np.ndarray:

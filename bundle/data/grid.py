@@ -6,12 +6,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["voxel_sizes", "reorient_to_ras", "resample_to_spacing", "axial_slice"]
-
-
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Voxel size in mm along each array axis of a 4x4 affine."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+__all__ = ["reorient_to_ras", "resample_to_spacing", "axial_slice"]
 
 
 def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +45,7 @@ def resample_to_spacing(
     if spacing_mm <= 0:
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
     affine = np.asarray(affine, dtype=np.float64)
-    factors = spacing_mm / voxel_sizes(affine)
+    factors = spacing_mm / nib.affines.voxel_sizes(affine)
     shape = np.floor((np.array(array.shape) - 1) / factors + 1e-6).astype(int) + 1
     offsets = ((np.array(array.shape) - 1) - (shape - 1) * factors) / 2.0
     index_map = np.eye(4)
