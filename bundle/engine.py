@@ -14,7 +14,8 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 
-from .metrics import one_hot_labels, warp_labels
+from .metrics import one_hot_labels
+from .resample import warp_labels
 
 __all__ = ["RegistrationTrainer", "RegistrationEvaluator", "structured_forward"]
 

@@ -16,13 +16,11 @@ Conventions (see :mod:`bundle.io`):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
-from monai.networks.blocks import Warp
 
 from .fields import as_float, check_ddf, jacobian_determinant, linear_part, spacing_from_affine
 
@@ -35,7 +33,7 @@ __all__ = [
     "displacement_error_mm",
     "normalized_mutual_information",
     "one_hot_labels",
-    "warp_labels",
+    "as_int_labels",
     "registration_metrics",
 ]
 
@@ -52,7 +50,7 @@ def _check_label_pair(pred_label: torch.Tensor, target_label: torch.Tensor) -> N
         )
 
 
-def _as_int_labels(label: torch.Tensor) -> torch.Tensor:
+def as_int_labels(label: torch.Tensor) -> torch.Tensor:
     """Integer view of a label map; floating inputs are rounded to the nearest integer."""
     label = torch.as_tensor(label)
     if torch.is_floating_point(label):
@@ -127,8 +125,8 @@ def dice_per_label(
     _check_label_pair(pred_label, target_label)
     if len(labels) == 0:
         raise ValueError("labels must not be empty")
-    pred = one_hot_labels(_as_int_labels(pred_label), labels)
-    target = one_hot_labels(_as_int_labels(target_label), labels).to(pred.device)
+    pred = one_hot_labels(as_int_labels(pred_label), labels)
+    target = one_hot_labels(as_int_labels(target_label), labels).to(pred.device)
     # ignore_empty=False: empty target -> 1 if the prediction is empty too, else 0.
     dice = compute_dice(pred, target, include_background=False, ignore_empty=False)
     both_empty = (pred[:, 1:].flatten(2).sum(-1) == 0) & (target[:, 1:].flatten(2).sum(-1) == 0)
@@ -188,8 +186,8 @@ def hd95_per_label(
             spacing = [float(v) for v in sp]
         else:
             raise ValueError(f"expected a scalar spacing or {dims} values, got spacing of shape {sp.shape}")
-    pred = one_hot_labels(_as_int_labels(pred_label).cpu(), labels)
-    target = one_hot_labels(_as_int_labels(target_label).cpu(), labels)
+    pred = one_hot_labels(as_int_labels(pred_label).cpu(), labels)
+    target = one_hot_labels(as_int_labels(target_label).cpu(), labels)
     hd = compute_hausdorff_distance(pred, target, include_background=False, percentile=95, spacing=spacing)
     return hd.to(pred_label.device)
 
@@ -341,48 +339,6 @@ def normalized_mutual_information(
         h_a, h_b = _entropy(joint.sum(1)), _entropy(joint.sum(0))
         out.append((h_a + h_b) / h_ab if h_ab > 0 else torch.tensor(float("nan"), dtype=torch.float64))
     return torch.stack(out).to(a.device)
-
-
-# ----------------------------------------------------------------------------- warping
-
-
-def warp_labels(
-    label: torch.Tensor,
-    ddf: torch.Tensor,
-    labels: Sequence[int] = (0, 1, 2, 3),
-    padding_mode: str = "border",
-) -> torch.Tensor:
-    """Warp an integer label map with MONAI ``Warp``: one-hot, bilinear warping, argmax.
-
-    Values not in ``labels`` are treated as background (0), which is always a class and wins ties
-    (e.g. all-zero samples outside the image with ``padding_mode="zeros"``).
-
-    Args:
-        label: integer label map ``(B, 1, *S)`` on the moving grid (= fixed grid).
-        ddf: ``(B, dims, *S)`` displacement field in voxels: ``out(x) = label(x + ddf(x))``.
-        labels: label values to carry.
-        padding_mode: ``Warp`` padding mode (``"border"``, MONAI's default, or ``"zeros"``, ...).
-
-    Returns:
-        ``(B, 1, *S)`` ``torch.long`` label map.
-    """
-    dims = check_ddf(ddf)
-    expected = (ddf.shape[0], 1, *ddf.shape[2:])
-    if tuple(label.shape) != expected:
-        raise ValueError(
-            f"expected a label map of shape {expected} to match ddf {tuple(ddf.shape)}, got {tuple(label.shape)}"
-        )
-    if dims not in (2, 3):
-        raise ValueError(f"Warp supports 2D and 3D only, got ddf of shape {tuple(ddf.shape)}")
-    values = [0] + [int(v) for v in labels if int(v) != 0]
-    ddf = as_float(ddf)
-    one_hot = one_hot_labels(_as_int_labels(label).to(ddf.device), values[1:]).to(ddf.dtype)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
-        warp = Warp(mode="bilinear", padding_mode=padding_mode)
-    warped = warp(one_hot, ddf)
-    idx = torch.argmax(warped, dim=1, keepdim=True)
-    return torch.as_tensor(values, dtype=torch.long, device=idx.device)[idx]
 
 
 # ----------------------------------------------------------------------------- summary

@@ -3,19 +3,26 @@
 One function, :func:`sample_at_world`, serves every resampling the pipeline needs: bringing
 images of any orientation, spacing and size onto the network grid, bringing the network's
 displacement field back to the user's fixed grid, and warping the original moving image
-with that field, each in a single interpolation.
+with that field, each in a single interpolation. :func:`sample_labels_at_world` does the same
+for label maps; :func:`warp_labels` warps a label map on the network grid by a voxel
+displacement (training's label-overlap term).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.networks.blocks import Warp
 from torch.nn import functional as F
 
-__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "sample_labels_at_world", "label_dtype", "physical_extent", "ras_grid_for"]
+from .fields import as_float, check_ddf
+from .metrics import as_int_labels, one_hot_labels
+
+__all__ = ["spatial_affine", "grid_world_points", "sample_at_world", "sample_labels_at_world", "warp_labels", "label_dtype", "physical_extent", "ras_grid_for"]
 
 
 def spatial_affine(affine: np.ndarray, dims: int) -> np.ndarray:
@@ -84,6 +91,45 @@ def sample_labels_at_world(label: np.ndarray, label_affine: np.ndarray, points: 
     out = values[warped.argmax(dim=0).numpy()]
     out[warped.sum(dim=0).numpy() < 0.5] = 0
     return out
+
+
+def warp_labels(
+    label: torch.Tensor,
+    ddf: torch.Tensor,
+    labels: Sequence[int] = (0, 1, 2, 3),
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Warp an integer label map with MONAI ``Warp``: one-hot, bilinear warping, argmax.
+
+    Values not in ``labels`` are treated as background (0), which is always a class and wins ties
+    (e.g. all-zero samples outside the image with ``padding_mode="zeros"``).
+
+    Args:
+        label: integer label map ``(B, 1, *S)`` on the moving grid (= fixed grid).
+        ddf: ``(B, dims, *S)`` displacement field in voxels: ``out(x) = label(x + ddf(x))``.
+        labels: label values to carry.
+        padding_mode: ``Warp`` padding mode (``"border"``, MONAI's default, or ``"zeros"``, ...).
+
+    Returns:
+        ``(B, 1, *S)`` ``torch.long`` label map.
+    """
+    dims = check_ddf(ddf)
+    expected = (ddf.shape[0], 1, *ddf.shape[2:])
+    if tuple(label.shape) != expected:
+        raise ValueError(
+            f"expected a label map of shape {expected} to match ddf {tuple(ddf.shape)}, got {tuple(label.shape)}"
+        )
+    if dims not in (2, 3):
+        raise ValueError(f"Warp supports 2D and 3D only, got ddf of shape {tuple(ddf.shape)}")
+    values = [0] + [int(v) for v in labels if int(v) != 0]
+    ddf = as_float(ddf)
+    one_hot = one_hot_labels(as_int_labels(label).to(ddf.device), values[1:]).to(ddf.dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
+        warp = Warp(mode="bilinear", padding_mode=padding_mode)
+    warped = warp(one_hot, ddf)
+    idx = torch.argmax(warped, dim=1, keepdim=True)
+    return torch.as_tensor(values, dtype=torch.long, device=idx.device)[idx]
 
 
 def label_dtype(labels: np.ndarray):

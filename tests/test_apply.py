@@ -73,7 +73,7 @@ def _load(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def reg3d(tmp_path_factory):
     """The 3D pair, its registration output folder and the facts needed to check it."""
-    from bundle.data.pairs import source_volumes
+    from bundle.data.templates import source_volumes
     from bundle.resample import grid_world_points
 
     volumes, affine = source_volumes(VOXEL_MM)
@@ -262,7 +262,7 @@ def test_2d_registration_apply_and_points(tmp_path):
     import SimpleITK as sitk
 
     from bundle.data.grid import axial_slice
-    from bundle.data.pairs import default_slice_index, source_volumes
+    from bundle.data.templates import default_slice_index, source_volumes
     from bundle.resample import grid_world_points, spatial_affine
 
     volumes, affine = source_volumes(2.0)

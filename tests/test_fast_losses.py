@@ -16,7 +16,7 @@ def _value_and_grad(loss, *inputs):
 
 def _templates(spatial_dims: int, dtype=torch.float32):
     """Real MRI: the SPM T1 and T2 templates at 4 mm (3D) or their central axial slice (2D)."""
-    from bundle.data.pairs import source_volumes
+    from bundle.data.templates import source_volumes
 
     volumes, _ = source_volumes(4.0)
     t1, t2 = (torch.as_tensor(volumes[k].copy(), dtype=dtype)[None, None] for k in ("t1", "t2"))

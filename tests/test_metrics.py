@@ -19,8 +19,8 @@ from bundle.metrics import (
     normalized_mutual_information,
     registration_metrics,
     sd_log_jacobian,
-    warp_labels,
 )
+from bundle.resample import warp_labels
 
 
 def _grid(shape):
@@ -220,39 +220,6 @@ def test_nmi_self_remap_and_independent():
     assert normalized_mutual_information(a2, mixed, mask=mask).item() == pytest.approx(2.0)
     with pytest.raises(ValueError, match=r"\(1, 1, 64, 63\)"):
         normalized_mutual_information(a2, a2[..., :63])
-
-
-# ----------------------------------------------------------------------------- warp_labels
-
-
-@pytest.mark.parametrize("dims", [2, 3])
-def test_warp_labels_identity_and_shift(dims):
-    g = torch.Generator().manual_seed(dims)
-    shape = (16, 14, 12)[:dims]
-    lab = torch.randint(0, 4, (1, 1, *shape), generator=g)
-    zero = torch.zeros(1, dims, *shape)
-    out = warp_labels(lab, zero)
-    assert out.dtype == torch.long and out.shape == lab.shape
-    assert torch.equal(out, lab)
-    shift = [2, -3, 1][:dims]
-    ddf = torch.tensor(shift, dtype=torch.float32).view(1, dims, *([1] * dims)).expand(1, dims, *shape).contiguous()
-    out = warp_labels(lab, ddf)
-    # warped(x) = label(x + s) = np.roll(label, -s)
-    expected = np.roll(lab[0, 0].numpy(), [-s for s in shift], axis=tuple(range(dims)))
-    inner = tuple(slice(3, n - 3) for n in shape)
-    np.testing.assert_array_equal(out[0, 0].numpy()[inner], expected[inner])
-    # labels not listed become background
-    only1 = warp_labels(lab, zero, labels=(1,))
-    assert torch.equal(only1, torch.where(lab == 1, lab, torch.zeros_like(lab)))
-
-
-def test_warp_labels_gradient_free_and_zero_padding():
-    lab = torch.ones(1, 1, 8, 8, dtype=torch.long)
-    ddf = torch.full((1, 2, 8, 8), 20.0)  # samples entirely outside the image
-    assert torch.all(warp_labels(lab, ddf, padding_mode="zeros") == 0)
-    assert torch.all(warp_labels(lab, ddf) == 1)  # border padding replicates
-    with pytest.raises(ValueError, match=r"\(1, 1, 8, 7\)"):
-        warp_labels(lab[..., :7], ddf)
 
 
 # ----------------------------------------------------------------------------- summary

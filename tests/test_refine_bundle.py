@@ -49,7 +49,7 @@ def _save(path, array, affine):
 @pytest.fixture(scope="module")
 def pair_3d(tmp_path_factory):
     """T1 fixed, T2 moving rotated 10 degrees and shifted 6 mm, at 4 mm; also a copy 200 mm away."""
-    from bundle.data.pairs import source_volumes
+    from bundle.data.templates import source_volumes
 
     volumes, affine = source_volumes(VOXEL_MM)
     folder = tmp_path_factory.mktemp("refine3d")
@@ -148,7 +148,7 @@ def test_image_too_small_for_the_network_is_a_one_line_error(pair_3d, tmp_path):
 def test_2d_known_affine_recovered_within_half_a_voxel(tmp_path):
     """The shipped 2D model + refinement on an axial T1/T2 slice rotated 10 degrees and shifted 6 mm."""
     from bundle.data.grid import axial_slice
-    from bundle.data.pairs import default_slice_index, source_volumes
+    from bundle.data.templates import default_slice_index, source_volumes
 
     volumes, affine = source_volumes(2.0)
     k = default_slice_index(2.0)

@@ -18,7 +18,6 @@ Run ``python -m bundle.data.pairs --help`` to write a data set with a MONAI data
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 from collections.abc import Sequence
@@ -37,17 +36,15 @@ from bundle.data.deform import (
     resample,
     transform_points,
 )
-from bundle.data.grid import axial_slice, reorient_to_ras, resample_to_spacing
-from bundle.data.labels import LABELS, tissue_labels
-from bundle.data.templates import load_spm_templates
+from bundle.data.grid import axial_slice
+from bundle.data.labels import LABELS
+from bundle.data.templates import default_slice_index, source_volumes
 from bundle.io import atomic_write, save_displacement, save_image
 
 __all__ = [
     "CONTRASTS",
     "SPLITS",
     "RegistrationPair",
-    "source_volumes",
-    "default_slice_index",
     "generate_pair",
     "split_seeds",
     "write_pair",
@@ -92,35 +89,6 @@ class RegistrationPair:
     seed: int
     contrast: str
     slice_index: int | None
-
-
-@functools.lru_cache(maxsize=8)
-def source_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """SPM templates, priors and tissue labels resampled to ``spacing_mm`` (cached, read-only).
-
-    The arrays are stored RAS (axes towards right, anterior, superior: SPM's ``x`` axis is
-    flipped), so MONAI's ``Orientationd(axcodes="RAS")`` leaves them, and DDFs, unchanged.
-
-    Returns:
-        (volumes keyed ``t1, t2, pd, csf, grey, white, labels``, their 4x4 affine).
-    """
-    templates = load_spm_templates()
-    volumes: dict[str, np.ndarray] = {}
-    affine = templates.affine
-    for name in ("t1", "t2", "pd", "csf", "grey", "white"):
-        array, affine = resample_to_spacing(getattr(templates, name), templates.affine, spacing_mm)
-        volumes[name], ras_affine = reorient_to_ras(np.clip(array, 0.0, 1.0), affine)
-    affine = ras_affine
-    volumes["labels"] = tissue_labels(volumes)
-    for array in volumes.values():
-        array.flags.writeable = False
-    return volumes, affine
-
-
-def default_slice_index(spacing_mm: float = 2.0) -> int:
-    """The axial slice (third array axis) with the largest brain area at ``spacing_mm``."""
-    labels = source_volumes(spacing_mm)[0]["labels"]
-    return int(np.argmax((labels > 0).sum(axis=(0, 1))))
 
 
 def generate_pair(

@@ -30,9 +30,9 @@ from ..io import atomic_write
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
 from .grid import reorient_to_ras, resample_to_spacing
 from .labels import LABELS, tissue_labels
-from .pairs import generate_pair, source_volumes, write_pair
+from .pairs import generate_pair, write_pair
 from .synth import HEAD_TISSUE_RANGE
-from .templates import load_spm_single_subject
+from .templates import load_spm_single_subject, source_volumes
 
 __all__ = ["SUBJECT_SEED_BASE", "subject_volumes", "write_subject_data", "save_segmentation_figure", "main"]
 

@@ -33,9 +33,10 @@ from monai.networks.layers import GaussianFilter
 from scipy import ndimage
 from torch.nn import functional as F
 
+from ..resample import grid_world_points, sample_at_world
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
 from .deform import compose_affine_ddf, random_motion
-from .pairs import source_volumes
+from .templates import source_volumes
 
 __all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "SynthPairGenerator", "SynthPairDataset"]
 
@@ -57,10 +58,9 @@ def _mni152_on(affine: np.ndarray, shape: Sequence[int]) -> dict[str, np.ndarray
     from .templates import load_mni152
 
     mni = load_mni152(2)
-    idx = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij")).reshape(3, -1)
-    world = affine[:3, :3] @ idx + affine[:3, 3:]
-    src = np.linalg.inv(mni.affine)[:3, :3] @ world + np.linalg.inv(mni.affine)[:3, 3:]
-    return {k: ndimage.map_coordinates(getattr(mni, k), src, order=1).reshape(shape) for k in ("t1", "grey", "white")}
+    stack = torch.from_numpy(np.stack([np.asarray(getattr(mni, k), dtype=np.float32) for k in ("t1", "grey", "white")]))
+    out = sample_at_world(stack, mni.affine, grid_world_points(affine, shape), padding_mode="zeros").numpy()
+    return dict(zip(("t1", "grey", "white"), out))
 
 
 @functools.lru_cache(maxsize=4)

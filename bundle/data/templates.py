@@ -24,7 +24,12 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from .grid import reorient_to_ras, resample_to_spacing
+from .labels import tissue_labels
+
 __all__ = [
+    "source_volumes",
+    "default_slice_index",
     "SampleDataUnavailableError",
     "SpmTemplates",
     "Mni152Templates",
@@ -192,3 +197,32 @@ def load_mni152(resolution: int = 1) -> Mni152Templates:
     affine = np.asarray(images["t1"].affine, dtype=np.float64)
     arrays = {k: _readonly(np.clip(np.asarray(v.dataobj, dtype=np.float32), 0.0, 1.0)) for k, v in images.items()}
     return Mni152Templates(affine=_readonly(affine), **arrays)
+
+
+@functools.lru_cache(maxsize=8)
+def source_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """SPM templates, priors and tissue labels resampled to ``spacing_mm`` (cached, read-only).
+
+    The arrays are stored RAS (axes towards right, anterior, superior: SPM's ``x`` axis is
+    flipped), so MONAI's ``Orientationd(axcodes="RAS")`` leaves them, and DDFs, unchanged.
+
+    Returns:
+        (volumes keyed ``t1, t2, pd, csf, grey, white, labels``, their 4x4 affine).
+    """
+    templates = load_spm_templates()
+    volumes: dict[str, np.ndarray] = {}
+    affine = templates.affine
+    for name in ("t1", "t2", "pd", "csf", "grey", "white"):
+        array, affine = resample_to_spacing(getattr(templates, name), templates.affine, spacing_mm)
+        volumes[name], ras_affine = reorient_to_ras(np.clip(array, 0.0, 1.0), affine)
+    affine = ras_affine
+    volumes["labels"] = tissue_labels(volumes)
+    for array in volumes.values():
+        array.flags.writeable = False
+    return volumes, affine
+
+
+def default_slice_index(spacing_mm: float = 2.0) -> int:
+    """The axial slice (third array axis) with the largest brain area at ``spacing_mm``."""
+    labels = source_volumes(spacing_mm)[0]["labels"]
+    return int(np.argmax((labels > 0).sum(axis=(0, 1))))

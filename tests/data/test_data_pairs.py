@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.networks.blocks import Warp
 
-from bundle.data import pairs
+from bundle.data import pairs, templates
 from bundle.data.grid import axial_slice, resample_to_spacing
 from bundle.data.templates import load_spm_templates
 from bundle.fields import jacobian_determinant
@@ -97,7 +97,7 @@ def test_flair_jitter_depends_on_seed():
 
 
 def test_templates_share_the_generator_grid():
-    volumes, affine = pairs.source_volumes(6.0)
+    volumes, affine = templates.source_volumes(6.0)
     shapes = {volumes[k].shape for k in ("t1", "t2", "pd", "csf", "grey", "white", "labels")}
     assert shapes == {(31, 37, 31)}
     np.testing.assert_allclose(np.diag(affine)[:3], [6.0, 6.0, 6.0])  # stored RAS
@@ -106,11 +106,11 @@ def test_templates_share_the_generator_grid():
     coarse = affine @ np.array([10, 12, 14, 1.0])
     fine = np.linalg.solve(spm.affine, coarse)[:3]
     np.testing.assert_allclose(fine, np.round(fine), atol=1e-6)
-    assert pairs.source_volumes(6.0)[0] is volumes  # cached
+    assert templates.source_volumes(6.0)[0] is volumes  # cached
 
 
 def test_source_volumes_are_the_templates_stored_ras():
-    volumes, affine = pairs.source_volumes(2.0)
+    volumes, affine = templates.source_volumes(2.0)
     spm = load_spm_templates()
     for ijk in ([10, 20, 30], [45, 54, 45], [80, 100, 60]):
         world = affine @ np.array([*ijk, 1.0])
@@ -131,8 +131,8 @@ def test_resample_to_spacing_keeps_world_position():
 
 def test_2d_pair_is_an_axial_slice():
     pair = pairs.generate_pair(0, "t2", 2, SPACING)
-    volumes, affine = pairs.source_volumes(SPACING)
-    assert pair.slice_index == pairs.default_slice_index(SPACING)
+    volumes, affine = templates.source_volumes(SPACING)
+    assert pair.slice_index == templates.default_slice_index(SPACING)
     brain_area = (volumes["labels"] > 0).sum(axis=(0, 1))
     assert brain_area[pair.slice_index] == brain_area.max()
     expected, expected_affine = axial_slice(volumes["t1"], affine, pair.slice_index)

@@ -40,7 +40,7 @@ def test_training_data_never_read_the_subject(monkeypatch):
 
     read = []
     original = templates._read_spm_member.__wrapped__
-    for cached in (templates._read_spm_member, templates.load_spm_templates, pairs.source_volumes, synth.source_anatomies):
+    for cached in (templates._read_spm_member, templates.load_spm_templates, templates.source_volumes, synth.source_anatomies):
         cached.cache_clear()  # force every source to be read again, through the recorder below
     monkeypatch.setattr(templates, "_read_spm_member", lambda member: read.append(member) or original(member))
     synth.SynthPairGenerator(spatial_dims=2, spacing_mm=4.0)(0)
