@@ -21,7 +21,7 @@ from bundle.cli import BUNDLE_ROOT
 from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
 from bundle.explain.gradcam import explain_pair
-from bundle.explain.sanity import sanity_report
+from bundle.explain.sanity import SanitySettings, sanity_report
 from bundle.inference import PairRegistrar
 
 from .run import _network
@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         maps = explain_pair(net, m, f, spacing_mm=registrar.spacing_mm)
         t_explain = time.perf_counter() - t0
-        report = sanity_report(net, m, f, spacing_mm=registrar.spacing_mm)
+        report = sanity_report(net, m, f, SanitySettings(spacing_mm=registrar.spacing_mm))
         results.append({"pair": item["fixed"], "contrast": item.get("contrast"), "seconds_inference": t_infer,
                         "seconds_explain_all": t_explain, "maps": len(maps), "report": report})
         print(json.dumps({"pair": item["fixed"], "explain/infer": t_explain / t_infer}), flush=True)

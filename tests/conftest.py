@@ -54,3 +54,11 @@ def sample_3d(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("sample3d")
     return Path(ensure_sample_datalist(folder, spatial_dims=3, spacing_mm=4.0, n_train=2, n_val=1, n_test=2))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """The tiny 2D network of ``tests/explain/explain_helpers.py`` fitted to its pairs (cached), and the pairs."""
+    from explain_helpers import fitted_network, fitted_pairs  # tests/explain is on sys.path once its modules load
+
+    return fitted_network(), fitted_pairs()

@@ -97,30 +97,35 @@ _TOKEN = re.compile(r"^([A-Za-z_]\w*)((?:\[-?\d+\])*)$")
 
 
 def resolve_layer(network: nn.Module, path: str) -> nn.Module:
-    """The sub-module at a dotted path; indices may be written ``levels[-1]`` or ``levels.2``.
+    """The sub-module at a dotted path, through ``nn.Module.get_submodule``.
+
+    Indices may also be written ``levels[-1]`` (negative indices count from the end of the
+    container) besides ``get_submodule``'s own ``levels.2``.
 
     Raises:
-        ValueError: naming the part of the path that does not exist.
+        ValueError: naming the path and the part of it that does not exist.
     """
-    module: nn.Module = network
+    names: list[str] = []
     for part in path.split("."):
         m = _TOKEN.match(part)
         if re.fullmatch(r"-?\d+", part):
-            names, indices = None, [int(part)]
+            attr, indices = None, [int(part)]
         elif m:
-            names, indices = m.group(1), [int(i) for i in re.findall(r"-?\d+", m.group(2))]
+            attr, indices = m.group(1), [int(i) for i in re.findall(r"-?\d+", m.group(2))]
         else:
             raise ValueError(f"invalid layer path {path!r} (bad part {part!r}).")
-        try:
-            if names is not None:
-                module = getattr(module, names)
-            for i in indices:
-                module = module[i]
-        except (AttributeError, IndexError, TypeError, KeyError):
-            raise ValueError(f"layer {path!r} not found in {type(network).__name__} (at {part!r}).") from None
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"layer {path!r} is a {type(module).__name__}, not a torch module.")
-    return module
+        names += [attr] if attr else []
+        for i in indices:
+            if i < 0:
+                try:
+                    i += len(network.get_submodule(".".join(names)))
+                except (AttributeError, TypeError):
+                    raise ValueError(f"layer {path!r} not found in {type(network).__name__} (at {part!r}).") from None
+            names.append(str(i))
+    try:
+        return network.get_submodule(".".join(names))
+    except AttributeError as e:
+        raise ValueError(f"layer {path!r} not found in {type(network).__name__} ({e}).") from None
 
 
 def stage_specs(stages: Sequence[str] | Mapping[str, str | StageSpec | Mapping] | None = None) -> dict[str, StageSpec]:

@@ -106,31 +106,27 @@ def refinement_deletion_check(
     Args:
         refiner, moving, fixed, theta: as for :func:`refinement_explanations` (``theta``: the start).
         maps: its ``refine_affine`` explanations.
-        fraction, n_random, sigma, baseline, seed: as in :func:`bundle.explain.sanity.deletion_check`.
+        fraction, n_random, sigma, baseline, seed: as in :func:`bundle.explain.deletion.deletion_check`.
 
     Returns:
         ``{parameter name: top change / mean random change}``.
     """
-    from .sanity import _random_mask, _shifted_mask, _top_mask, blur_voxels
+    from .deletion import deletion_changes
 
     x = torch.cat([moving, fixed], dim=1)
     k = max(1, int(round(fraction * moving[0, 0].numel())))
     base = _affine_gradient(refiner, moving, fixed, theta)
     gen = torch.Generator().manual_seed(seed)
     names = {name: (i, j) for i, j, name in affine_parameter_names(moving.ndim - 2)}
-
-    def change(mask, i, j):
-        y = blur_voxels(x, mask, sigma)
-        return abs(float(_affine_gradient(refiner, y[:, :1], y[:, 1:], theta)[i, j] - base[i, j]))
-
     out = {}
     for ex in maps:
         if ex.stage != "refine_affine":
             continue
         i, j = names[ex.target]
-        top = _top_mask(ex.attribution.detach().cpu(), k)
-        rand = []
-        for _ in range(n_random):
-            rand.append(change(_random_mask(ex.attribution.shape, k, gen) if baseline == "voxels" else _shifted_mask(top, gen), i, j))
-        out[ex.target] = change(top, i, j) / max(sum(rand) / len(rand), 1e-12)
+
+        def value(y, i=i, j=j):
+            return float(_affine_gradient(refiner, y[:, :1], y[:, 1:], theta)[i, j])
+
+        _, top, rand = deletion_changes(value, x, ex.attribution, k, sigma, (0, 1), n_random, baseline, gen, reference=float(base[i, j]))
+        out[ex.target] = top / max(rand, 1e-12)
     return out

@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import LocalNormalizedCrossCorrelationLoss
 
+from ..losses.mutual_information import SparseMutualInformationLoss
 from ..networks.regnet import RegistrationOutput
 
 __all__ = [
@@ -300,8 +301,9 @@ def make_target(
       ``displacement_rms[_roi][_mm]``: the root mean square instead of the mean (its
       gradient weights each voxel by its displacement, where the mean's weights every
       voxel's unit direction equally, however small the displacement).
-    * ``similarity``: mutual information between the warped moving and the fixed image
-      (negated MONAI ``GlobalMutualInformationLoss``, ``mi_bins`` bins; higher is more similar).
+    * ``similarity``: Mattes mutual information between the warped moving and the fixed
+      image, the similarity training optimises (negated :class:`SparseMutualInformationLoss`
+      with ``mi_bins`` bins, as in :class:`bundle.losses.RegistrationLoss`; higher is more similar).
     * ``synthesis_l1`` / ``synthesis_lncc``: similarity of ``forward.synth_warped`` (moving
       rendered in the fixed contrast by ``decoder_ab``, then warped) and the fixed image;
       ``synthesis_ba_l1`` / ``synthesis_ba_lncc``: of ``backward.synth_warped``
@@ -345,11 +347,12 @@ def make_target(
         what = "root mean square" if rms else "mean"
         return Target(name, f"{what} displacement magnitude of the deformable stage {where} ({'mm' if mm else 'voxels'})", disp_fn)
     if name == "similarity":
-        mi = GlobalMutualInformationLoss(num_bins=mi_bins, reduction="none")
+        mi = SparseMutualInformationLoss(num_bins=mi_bins, reduction="none")
 
         def sim_fn(output, moving, fixed):
-            return -mi(output.forward.warped.clamp(0, 1), fixed.clamp(0, 1))
+            return -mi(output.forward.warped, fixed)
 
-        return Target(name, "mutual information between the registered moving image and the fixed image; higher is more similar", sim_fn)
+        description = "Mattes mutual information (the training similarity) between the registered moving image and the fixed image; higher is more similar"
+        return Target(name, description, sim_fn)
     backward = "_ba_" in name
     return _synthesis(name, backward, name.rsplit("_", 1)[1], spatial_dims)

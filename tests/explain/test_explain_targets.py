@@ -99,3 +99,23 @@ def test_target_registry_and_errors():
         make_target("displacement_roi", 2)
     with pytest.raises(ValueError, match="non-empty"):
         make_target("displacement_roi", 2, roi_mask=torch.zeros(4, 4))
+
+
+def test_similarity_target_is_the_training_similarity_per_item():
+    """``similarity`` is minus the MI term that ``RegistrationLoss`` optimises, one value per pair."""
+    from bundle.losses import RegistrationLoss
+    from bundle.losses.mutual_information import SparseMutualInformationLoss
+
+    g = torch.Generator().manual_seed(0)
+    fixed = torch.rand(2, 1, 16, 16, generator=g)
+    warped = torch.stack([fixed[0], torch.rand(1, 16, 16, generator=g)])  # item 0 aligned, item 1 noise
+    z = torch.zeros(2, 2, 16, 16)
+    theta = torch.eye(2, 3).expand(2, -1, -1)
+    out = RegistrationOutput(StageResult(theta, z, z, z, z, warped, warped))
+    value = make_target("similarity", 2)(out, warped, fixed)
+    assert value.shape == (2,) and float(value[0]) > float(value[1]) + 0.5
+    loss = RegistrationLoss(spatial_dims=2, similarity="mi")
+    assert loss.mi.num_bins == 32
+    for i in range(2):
+        expected = -SparseMutualInformationLoss(num_bins=loss.mi.num_bins)(warped[i : i + 1], fixed[i : i + 1])
+        assert float(value[i]) == pytest.approx(float(expected), rel=1e-5)
