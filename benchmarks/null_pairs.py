@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 from bundle.cli import BUNDLE_ROOT
+from bundle.data.deform import MotionRange
 from bundle.data.pairs import generate_pair, write_pair
 from bundle.io import atomic_write
 
 __all__ = ["write_null_pairs", "null_datalist"]
 
-NO_MOTION = {"rotation_deg": 0.0, "translation_mm": 0.0, "scale": 0.0, "shear": 0.0, "elastic_mm": 0.0}
 
 
 def write_null_pairs(output_dir, dataset: str = "templates", contrasts=("t2", "pd"), spacing_mm: float = 2.0) -> Path:
@@ -32,7 +32,7 @@ def write_null_pairs(output_dir, dataset: str = "templates", contrasts=("t2", "p
         volumes = subject_volumes(spacing_mm)
     items = []
     for i, contrast in enumerate(contrasts):
-        pair = generate_pair(i, contrast, 3, spacing_mm, contrast_jitter=0.0, volumes=volumes, **NO_MOTION)
+        pair = generate_pair(i, contrast, 3, spacing_mm, contrast_jitter=0.0, volumes=volumes, motion=MotionRange.none())
         paths = write_pair(output_dir / "test" / f"{i:04d}", pair)
         items.append({**{k: p.relative_to(output_dir).as_posix() for k, p in paths.items()}, "contrast": f"{contrast} null"})
     text = json.dumps({"name": f"xmreg-null-{dataset}", "spacing_mm": spacing_mm, "test": items}, indent=2) + "\n"

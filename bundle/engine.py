@@ -15,34 +15,14 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 
 from .metrics import one_hot_labels
+from .networks.bundle_net import structured_forward
 from .resample import warp_labels
 
-__all__ = ["RegistrationTrainer", "RegistrationEvaluator", "structured_forward"]
+__all__ = ["RegistrationTrainer", "RegistrationEvaluator"]
 
 
 def _pair(batch: dict, device, non_blocking: bool, keys: Sequence[str]) -> list[torch.Tensor]:
     return [batch[k].to(device=device, non_blocking=non_blocking).as_tensor() if hasattr(batch[k], "as_tensor") else batch[k].to(device) for k in keys]
-
-
-def structured_forward(network: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, **kwargs):
-    """The structured :class:`RegistrationOutput` of ``network`` for a pair.
-
-    ``network.register(...)`` for a plain network; a call through ``forward`` for a wrapper
-    without ``register`` (``DistributedDataParallel(StructuredRegistration(net))``), so that
-    DDP sees the pass and synchronises gradients.
-
-    Raises:
-        TypeError: ``network`` wraps a module with ``register`` directly (DDP around the bare
-            network), whose ``forward`` is the single-tensor one.
-    """
-    if hasattr(network, "register"):
-        return network.register(moving, fixed, **kwargs)
-    if hasattr(getattr(network, "module", None), "register"):
-        raise TypeError(
-            f"{type(network).__name__} wraps the bare network; wrap bundle.networks.StructuredRegistration(network) "
-            "instead so that the structured pass goes through the wrapper's forward."
-        )
-    return network(moving, fixed, **kwargs)
 
 
 class RegistrationTrainer(SupervisedTrainer):
@@ -115,7 +95,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
         moving, fixed, moving_label, fixed_label = _pair(batchdata, engine.state.device, engine.non_blocking, self.keys)
         engine.network.eval()
         with torch.no_grad():
-            result = engine.network.register(moving, fixed, bidirectional=False, synthesis=False).forward
+            result = structured_forward(engine.network, moving, fixed, bidirectional=False, synthesis=False).forward
             warped_label = warp_labels(moving_label, result.ddf, labels=(0, *self.labels))
         engine.state.output = {
             "pred": one_hot_labels(warped_label, self.labels),

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
-__all__ = ["middle_slice", "inplane_field", "draw_grid", "pair_figure"]
+__all__ = ["middle_slice", "inplane_field", "draw_grid", "pair_figure", "save_figure"]
 
 
 def middle_slice(volume: np.ndarray, axis: int = 2, index: int | None = None) -> np.ndarray:
@@ -76,11 +76,16 @@ def pair_figure(
         axes[k].imshow(middle_slice(panels[0][1]), cmap="gray", origin="lower")
         draw_grid(axes[k], inplane, step=max(2, inplane.shape[1] // 24))
         axes[k].set_title("deformation grid", fontsize=9)
+    return save_figure(fig, axes, path, title, dpi=110)
+
+
+def save_figure(fig, axes, path: str | os.PathLike, title: str | None = None, dpi: int = 110) -> str:
+    """Hide the axes, add the title, and write the figure as a PNG atomically; closes it."""
     for ax in axes:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
     return str(path)

@@ -36,6 +36,7 @@ from .initialise import centre_of_mass_translation, check_network_size, check_ov
 from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
 from .itk_transforms import affine_step, field_step, save_composite_transform
 from .metrics import dice_per_label
+from .networks.bundle_net import structured_forward
 from .networks.deformable_head import field_to_ddf
 from .resample import grid_world_points, label_dtype, ras_grid_for, sample_at_world, sample_labels_at_world, spatial_affine
 
@@ -189,7 +190,7 @@ class PairRegistrar:
         t1 = time.perf_counter()
         synthesis = refining and refiner.needs_synthesis
         with torch.no_grad():
-            out = self.network.register(m, f, bidirectional=False, synthesis=synthesis).forward
+            out = structured_forward(self.network, m, f, bidirectional=False, synthesis=synthesis).forward
         t2 = time.perf_counter()
         stats: dict = {}
         if refining:

@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
+def affine_ddf(mat, shape) -> torch.Tensor:
+    """Batch-of-one DDF of an affine map in voxels: ``(A - I) x`` plus the shift ``(1, 2[, 3])``, float64."""
+    import numpy as np
+
+    dims = len(shape)
+    x = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))
+    shift = torch.arange(1, dims + 1, dtype=torch.float64).view(dims, *([1] * dims))
+    return (torch.einsum("ij,j...->i...", torch.as_tensor(np.asarray(mat) - np.eye(dims)), x) + shift)[None]
+
+
 def composed(config: str) -> str:
     """``--config_file`` value of a config composed over ``configs/common.json``, as the README gives it."""
     return f"['configs/common.json','configs/{config}']"

@@ -18,9 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundle.engine import structured_forward
 from bundle.inference import OUTPUT_FILES
-from bundle.networks import RegistrationBundleNet, StructuredRegistration
+from bundle.networks import RegistrationBundleNet, StructuredRegistration, structured_forward
 
 from conftest import ROOT, composed, config_files, run_bundle
 

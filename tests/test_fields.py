@@ -19,18 +19,8 @@ from bundle.fields import (
 )
 from bundle.resample import grid_world_points
 
+from conftest import affine_ddf
 
-def _grid(shape):
-    """(dims, *shape) voxel index grid, channel i = index along axis i."""
-    return torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))
-
-
-def _affine_ddf(mat: np.ndarray, shape) -> torch.Tensor:
-    """ddf(x) = (A - I) x (plus a constant), batch of 1."""
-    dims = len(shape)
-    a_minus_i = torch.as_tensor(mat - np.eye(dims))
-    shift = torch.arange(1, dims + 1, dtype=torch.float64).view(dims, *([1] * dims))
-    return (torch.einsum("ij,j...->i...", a_minus_i, _grid(shape)) + shift)[None]
 
 def _smooth_field(shape, amplitude=1.5):
     axes = torch.meshgrid(*[torch.linspace(0, np.pi, s) for s in shape], indexing="ij")
@@ -77,7 +67,7 @@ def test_jacobian_of_affine_field(dims):
     rng = np.random.default_rng(dims)
     mat = np.eye(dims) + 0.2 * rng.standard_normal((dims, dims))
     shape = (9, 11, 7)[:dims]
-    ddf = _affine_ddf(mat, shape)
+    ddf = affine_ddf(mat, shape)
     expected = float(np.linalg.det(mat))
     for t in (ddf, ddf.float()):
         det = jacobian_determinant(t)
@@ -89,7 +79,7 @@ def test_jacobian_of_affine_field(dims):
     # batch of two, second one with a reflection
     flip = mat.copy()
     flip[0] *= -1
-    det2 = jacobian_determinant(torch.cat([ddf, _affine_ddf(flip, shape)]))
+    det2 = jacobian_determinant(torch.cat([ddf, affine_ddf(flip, shape)]))
     assert torch.allclose(det2[1], torch.full_like(det2[1], -expected), atol=1e-10)
 
 

@@ -22,22 +22,7 @@ from bundle.metrics import (
 )
 from bundle.resample import warp_labels
 
-
-def _grid(shape):
-    """(dims, *shape) voxel index grid, channel i = index along axis i."""
-    return torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))
-
-
-def _affine_ddf(mat: np.ndarray, shape) -> torch.Tensor:
-    """ddf(x) = (A - I) x (plus a constant), batch of 1."""
-    dims = len(shape)
-    x = _grid(shape)
-    a_minus_i = torch.as_tensor(mat - np.eye(dims))
-    ddf = torch.einsum("ij,j...->i...", a_minus_i, x) + torch.arange(1, dims + 1, dtype=torch.float64).view(
-        dims, *([1] * dims)
-    )
-    return ddf[None]
-
+from conftest import affine_ddf
 
 # ----------------------------------------------------------------------------- Dice
 
@@ -133,7 +118,7 @@ def test_sd_log_jacobian(dims):
     shape = (12,) * dims
     mat = np.diag([1.2, 0.9, 1.1][:dims])
     mat[0, 1] = 0.1
-    ddf = _affine_ddf(mat, shape).float()
+    ddf = affine_ddf(mat, shape).float()
     assert sd_log_jacobian(ddf).item() == pytest.approx(0.0, abs=1e-6)
     # two halves with det 2 and det 1 (a stretch along axis 0 on half of axis 1) -> std of {log 2, 0}
     ddf = torch.zeros(1, dims, *shape, dtype=torch.float64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "random_affine",
     "random_elastic",
     "random_motion",
+    "MotionRange",
     "compose_affine_ddf",
     "invert_affine",
     "invert_map_at",
@@ -198,6 +200,42 @@ def random_motion(
     else:
         elastic = np.zeros((len(shape), *shape), dtype=np.float32)
     return matrix, elastic
+
+
+@dataclass(frozen=True)
+class MotionRange:
+    """Ranges of the random motion of a generated moving image, in physical units.
+
+    One object for the evaluation pairs (:func:`bundle.data.pairs.generate_pair`) and the
+    training pairs (:class:`bundle.data.synth.SynthPairGenerator`).
+
+    Attributes:
+        rotation_deg: rotation range (per axis in 3D), degrees.
+        translation_mm: translation range per axis, mm.
+        scale: relative scaling range per axis.
+        shear: shear range.
+        elastic_mm: displacement range of the B-spline control points, mm; 0 disables it.
+        control_spacing_mm: B-spline control point spacing, mm.
+    """
+
+    rotation_deg: float = 10.0
+    translation_mm: float = 8.0
+    scale: float = 0.08
+    shear: float = 0.04
+    elastic_mm: float = 4.0
+    control_spacing_mm: float = 32.0
+
+    @classmethod
+    def none(cls) -> MotionRange:
+        """No motion at all (aligned "null" pairs)."""
+        return cls(rotation_deg=0.0, translation_mm=0.0, scale=0.0, shear=0.0, elastic_mm=0.0)
+
+    def sample(self, rng: RngLike, shape: Sequence[int], spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`random_motion` of these ranges on a grid of ``spacing_mm`` voxels: ``(A, e)`` in voxels."""
+        s = float(spacing_mm)
+        return random_motion(
+            rng, shape, self.rotation_deg, self.translation_mm / s, self.scale, self.shear, self.elastic_mm / s, self.control_spacing_mm / s
+        )
 
 
 def compose_affine_ddf(matrix: np.ndarray, ddf: np.ndarray) -> np.ndarray:

@@ -28,11 +28,11 @@ import numpy as np
 
 from bundle.data.contrast import simulate_contrast
 from bundle.data.deform import (
+    MotionRange,
     compose_affine_ddf,
     identity_grid,
     invert_affine,
     invert_map_at,
-    random_motion,
     resample,
     transform_points,
 )
@@ -97,12 +97,7 @@ def generate_pair(
     spatial_dims: int = 3,
     spacing_mm: float = 2.0,
     slice_index: int | None = None,
-    rotation_deg: float = 10.0,
-    translation_mm: float = 8.0,
-    scale: float = 0.08,
-    shear: float = 0.04,
-    elastic_mm: float = 4.0,
-    control_spacing_mm: float = 32.0,
+    motion: MotionRange | None = None,
     contrast_jitter: float = 0.05,
     interpolation_order: int = 3,
     volumes: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
@@ -116,12 +111,7 @@ def generate_pair(
         spacing_mm: voxel size; values above 2 downsample the 2 mm templates.
         slice_index: for 2D, the slice of the ``spacing_mm`` grid; defaults to
             :func:`default_slice_index`. Ignored in 3D.
-        rotation_deg: rotation range (per axis in 3D), degrees.
-        translation_mm: translation range per axis, mm.
-        scale: relative scaling range per axis.
-        shear: shear range.
-        elastic_mm: displacement range of the B-spline control points, mm; 0 disables it.
-        control_spacing_mm: B-spline control point spacing, mm.
+        motion: ranges of the moving image's motion (default :class:`MotionRange`'s defaults).
         contrast_jitter: relative jitter of the tissue parameters of a simulated contrast.
         interpolation_order: spline order resampling the moving image (1 or 3); cubic keeps
             coarse grids sharp, linear is faster. Labels always use nearest neighbour.
@@ -152,9 +142,7 @@ def generate_pair(
     shape = volumes["t1"].shape
 
     rng = np.random.default_rng(seed)
-    matrix, elastic = random_motion(
-        rng, shape, rotation_deg, translation_mm / spacing_mm, scale, shear, elastic_mm / spacing_mm, control_spacing_mm / spacing_mm
-    )
+    matrix, elastic = (motion or MotionRange()).sample(rng, shape, spacing_mm)
     if contrast == "flair":
         priors = {k: volumes[k] for k in ("csf", "grey", "white")}
         source = simulate_contrast(priors, "flair", rng=rng, jitter=contrast_jitter)

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from ..resample import grid_world_points, sample_at_world
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
-from .deform import compose_affine_ddf, random_motion
+from .deform import MotionRange, compose_affine_ddf
 from .templates import source_volumes
 
 __all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "SynthPairGenerator", "SynthPairDataset"]
@@ -106,8 +106,8 @@ class SynthPairGenerator:
         p_random_intensity: probability that an image gets random per-tissue intensities
             instead of an MR-physics contrast.
         parameter_jitter: relative jitter of the tissue T1/T2/PD values.
-        rotation_deg, translation_mm, scale, shear, elastic_mm, control_spacing_mm: the motion
-            of the moving image, as in ``bundle.data.pairs.generate_pair``.
+        motion: ranges of the moving image's motion (:class:`bundle.data.deform.MotionRange`,
+            the evaluation pairs' defaults when ``None``).
         max_blur_vox, max_bias, max_noise: ranges of blur sigma, log bias-field amplitude and
             noise standard deviation (fraction of the maximum intensity).
     """
@@ -122,12 +122,7 @@ class SynthPairGenerator:
         p_fixed_t1: float = 0.7,
         p_random_intensity: float = 0.3,
         parameter_jitter: float = 0.2,
-        rotation_deg: float = 10.0,
-        translation_mm: float = 8.0,
-        scale: float = 0.08,
-        shear: float = 0.04,
-        elastic_mm: float = 4.0,
-        control_spacing_mm: float = 32.0,
+        motion: MotionRange | None = None,
         max_blur_vox: float = 1.0,
         max_bias: float = 0.3,
         max_noise: float = 0.04,
@@ -140,8 +135,7 @@ class SynthPairGenerator:
         self.velocity_spacing_vox = anatomy_spacing_mm / self.spacing
         self.p_fixed_t1, self.p_random = p_fixed_t1, p_random_intensity
         self.jitter = parameter_jitter
-        self.motion = dict(rotation_deg=rotation_deg, translation_vox=translation_mm / self.spacing, scale=scale, shear=shear)
-        self.elastic_vox, self.control_vox = elastic_mm / self.spacing, control_spacing_mm / self.spacing
+        self.motion = motion or MotionRange()
         self.max_blur, self.max_bias, self.max_noise = max_blur_vox, max_bias, max_noise
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
@@ -207,7 +201,7 @@ class SynthPairGenerator:
     # -- motion -------------------------------------------------------------------------------
     def _motion(self, rng: np.random.Generator, shape: Sequence[int]) -> torch.Tensor:
         """``(1, dims, *S)`` random affine + elastic DDF (voxels) that moves the moving image."""
-        matrix, elastic = random_motion(rng, shape, elastic_vox=self.elastic_vox, control_spacing=self.control_vox, **self.motion)
+        matrix, elastic = self.motion.sample(rng, shape, self.spacing)
         return torch.from_numpy(np.asarray(compose_affine_ddf(matrix, elastic), dtype=np.float32))[None]
 
     def __call__(self, seed: int | Sequence[int]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Grad-CAM (Captum ``LayerGradCam``) of one stage of the registration network.
 
 The forward function seen by Captum takes the 2-channel tensor ``x = cat([moving, fixed], 1)``
-of shape ``(B, 2, *spatial)``, runs ``network.register`` and returns one scalar per batch
+of shape ``(B, 2, *spatial)``, runs the network (:func:`bundle.networks.structured_forward`) and returns one scalar per batch
 item (a :class:`bundle.explain.targets.Target`). Grad-CAM weights each channel of the
 explained layer's activation by the spatial mean of the scalar's gradient, sums over
 channels, applies a ReLU (Captum's ``relu_attributions=True``) and the result is
@@ -38,6 +38,7 @@ from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from torch import nn
 from torch.nn import functional as F
 
+from ..networks.bundle_net import structured_forward
 from .targets import Target, expand_target_names, make_target
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
     "Explanation",
     "explain_pair",
     "normalise_map",
-    "run_registration",
 ]
 
 
@@ -195,12 +195,6 @@ def default_targets(stage: str, layer: str | None = None, spacing_mm=None, roi: 
     return table[top]
 
 
-def run_registration(network: nn.Module, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool, synthesis: bool):
-    """``network.register`` (bundle network) or ``network.forward`` (``MultiModalRegNet``)."""
-    fn = getattr(network, "register", None) or network
-    return fn(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
-
-
 class LayerCallTap:
     """Route the output of one call of ``layer`` through a private identity module.
 
@@ -320,7 +314,7 @@ class StageExplainer:
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != 2:
             raise ValueError(f"expected (B, 2, *spatial) with {self.spatial_dims} spatial dims, got {tuple(x.shape)}.")
         moving, fixed = x[:, :1], x[:, 1:]
-        out = run_registration(self.network, moving, fixed, self.target.needs_backward, self.target.needs_synthesis)
+        out = structured_forward(self.network, moving, fixed, bidirectional=self.target.needs_backward, synthesis=self.target.needs_synthesis)
         value = self.target(out, moving, fixed)
         self.last_value = value.detach()
         return value

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..figures import draw_grid, inplane_field  # noqa: E402
+from ..figures import draw_grid, inplane_field, save_figure  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
 __all__ = ["normalise_array", "peak_voxel", "overlay_figure", "summary_figure"]
@@ -135,11 +135,4 @@ def summary_figure(
     for ax, (name, m) in zip(flat[4:], maps):
         _overlay(ax, fx, _axial(normalise_array(m)))
         ax.set_title(name, fontsize=7)
-    for ax in flat:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, flat, path, title, dpi=100)

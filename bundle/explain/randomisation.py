@@ -20,7 +20,8 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from .gradcam import StageExplainer, resolve_layer, run_registration
+from ..networks.bundle_net import structured_forward
+from .gradcam import StageExplainer, resolve_layer
 
 __all__ = ["spearman", "randomised_copy", "randomisation_check"]
 
@@ -116,7 +117,7 @@ def _downstream(net, modules, target, call_index, example, bidirectional, synthe
     handles = [target.register_forward_pre_hook(pre_layer)] + [m.register_forward_pre_hook(pre) for _, m in modules]
     try:
         with torch.no_grad():
-            run_registration(net, example[0], example[1], bidirectional, synthesis)
+            structured_forward(net, example[0], example[1], bidirectional=bidirectional, synthesis=synthesis)
     finally:
         for h in handles:
             h.remove()

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..networks.bundle_net import structured_forward
 from .deletion import blur_voxels, deletion_check
-from .gradcam import StageExplainer, default_targets, run_registration, stage_specs
+from .gradcam import StageExplainer, default_targets, stage_specs
 from .localisation import box_mask, bump_displacement, default_box, local_deformation_case, localisation_check, localisation_fraction
 from .randomisation import randomisation_check, randomised_copy, spearman
 from .targets import expand_target_names
@@ -109,7 +110,7 @@ def sanity_report(
     try:
         if aligned_moving is None:
             with torch.no_grad():
-                aligned_moving = run_registration(network, moving, fixed, False, False).forward.warped
+                aligned_moving = structured_forward(network, moving, fixed, bidirectional=False, synthesis=False).forward.warped
         box = default_box(fixed) if s.box is None else s.box
         report: dict = {"settings": s.as_json(box)}
         targets = dict(s.targets or {})

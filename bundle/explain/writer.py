@@ -30,6 +30,7 @@ from ..data.datalist import read_datalist
 from ..data.validation import _check_dims, _read
 from ..inference import PairRegistrar
 from ..io import save_image, staged_output_dir
+from ..networks.bundle_net import structured_forward
 from ..resample import grid_world_points, sample_at_world, spatial_affine
 from .gradcam import explain_pair, stage_specs
 from .plots import overlay_figure, peak_voxel, summary_figure
@@ -121,7 +122,7 @@ class ExplanationWriter:
         from .refinement import refinement_explanations
 
         with torch.no_grad():
-            out = self.network.register(m, f, bidirectional=False, synthesis=self.refiner.needs_synthesis).forward
+            out = structured_forward(self.network, m, f, bidirectional=False, synthesis=self.refiner.needs_synthesis).forward
         theta_refined = torch.as_tensor(res["theta"], dtype=out.theta.dtype, device=out.theta.device)[None]
         return refinement_explanations(
             self.refiner, m, f, out.theta, out.velocity, theta_refined, self.network.deformable_head.integrate, out.synth
@@ -231,21 +232,7 @@ class ExplanationWriter:
         return [self.explain_files(fixed, moving, output_dir, roi_mask)]
 
 
-def explain_files(
-    fixed: str | os.PathLike,
-    moving: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    network: nn.Module,
-    checkpoint: str | os.PathLike | None = None,
-    device="cpu",
-    spacing_mm: float = 2.0,
-    size_divisor: int | None = None,
-    stages: Sequence[str] | Mapping | None = None,
-    targets: Mapping[str, str | Sequence[str]] | None = None,
-    roi_mask: str | os.PathLike | None = None,
-    method: str | None = None,
-    overwrite: bool = False,
-) -> dict:
-    """One-call explanation of a pair of files (see :class:`ExplanationWriter`); returns ``explanations.json``'s content."""
-    writer = ExplanationWriter(network, checkpoint, device, spacing_mm, size_divisor, stages, targets, roi_mask, method, overwrite)
-    return writer.explain_files(fixed, moving, output_dir)
+def explain_files(fixed: str | os.PathLike, moving: str | os.PathLike, output_dir: str | os.PathLike, network: nn.Module, **options) -> dict:
+    """One-call explanation of a pair of files; ``options`` are :class:`ExplanationWriter`'s
+    keywords (``checkpoint``, ``stages``, ``targets``, ``roi_mask``, ...). Returns ``explanations.json``'s content."""
+    return ExplanationWriter(network, **options).explain_files(fixed, moving, output_dir)

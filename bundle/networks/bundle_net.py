@@ -7,7 +7,7 @@ from torch import nn
 
 from .regnet import MultiModalRegNet
 
-__all__ = ["RegistrationBundleNet", "StructuredRegistration"]
+__all__ = ["RegistrationBundleNet", "StructuredRegistration", "structured_forward"]
 
 
 class RegistrationBundleNet(MultiModalRegNet):
@@ -50,3 +50,28 @@ class StructuredRegistration(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True):
         return self.network.register(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
+
+
+def structured_forward(network: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, **kwargs):
+    """The structured :class:`RegistrationOutput` of ``network`` for a pair: the one network entry point.
+
+    Training, validation, inference helpers and the explanations all call the network through
+    this function.
+
+    ``network.register(...)`` for the bundle network; a call through ``forward`` for a
+    :class:`MultiModalRegNet` or a wrapper
+    without ``register`` (``DistributedDataParallel(StructuredRegistration(net))``), so that
+    DDP sees the pass and synchronises gradients.
+
+    Raises:
+        TypeError: ``network`` wraps a module with ``register`` directly (DDP around the bare
+            network), whose ``forward`` is the single-tensor one.
+    """
+    if hasattr(network, "register"):
+        return network.register(moving, fixed, **kwargs)
+    if hasattr(getattr(network, "module", None), "register"):
+        raise TypeError(
+            f"{type(network).__name__} wraps the bare network; wrap bundle.networks.StructuredRegistration(network) "
+            "instead so that the structured pass goes through the wrapper's forward."
+        )
+    return network(moving, fixed, **kwargs)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.data.deform import MotionRange
 from bundle.data.synth import SynthPairDataset, SynthPairGenerator, source_anatomies
 
-STILL = dict(rotation_deg=0.0, translation_mm=0.0, scale=0.0, shear=0.0, elastic_mm=0.0)
+STILL = dict(motion=MotionRange.none())
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
