@@ -12,13 +12,16 @@ SynthMorph pipelines. On the network grid (voxel units, MONAI ``Warp`` conventio
 Similarities (``"mi"``, ``"lncc"``, ``"mind"``): the project's Mattes mutual information on
 intensities; MONAI LNCC between the *synthesised* moving image (rendered in the fixed contrast
 by the network's decoder) and the fixed one, the FIRE idea; MIND-SSC descriptors compared by
-SSD. Each level stops early when the objective has not improved by ``tolerance`` (relative) for
+SSD. With ``samples``, MI and MIND are evaluated at that many voxels of each level (a fixed
+random subset, :class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a
+full-resolution level costs what a coarse one does. Each level stops early when the objective has not improved by ``tolerance`` (relative) for
 ``patience`` iterations, keeps its best parameters, and a stage whose result is worse than its
 start at the finest level is reverted, so refinement never lowers the objective it optimises.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from .losses.mind import MINDSSCLoss, mind_ssc
 from .losses.mutual_information import SparseMutualInformationLoss
 from .losses.regularisers import Diffusion
 from .networks.deformable_head import field_to_ddf
+from .voxel_sample import VoxelSample
 
 __all__ = ["SIMILARITIES", "RefinementResult", "InstanceRefiner"]
 
@@ -89,6 +93,8 @@ class InstanceRefiner:
         patience: iterations without progress before a level stops.
         num_bins: MI histogram bins.
         lncc_kernel: LNCC window (rectangular; MONAI's Gaussian window is wrong above 3).
+        samples: voxels per level at which the ``"mi"`` and ``"mind"`` similarities are
+            evaluated (a fixed random subset of each level's grid); 0 evaluates every voxel.
         multistart: also start the affine stage from the identity (the initialisation alone)
             and keep whichever start reaches the better coarse similarity; start the velocity
             stage from zero instead of the network's field when that has the lower objective.
@@ -109,6 +115,7 @@ class InstanceRefiner:
         patience: int = 20,
         num_bins: int = 32,
         lncc_kernel: int = 5,
+        samples: int = 0,
         multistart: bool = True,
         enabled: bool = True,
     ):
@@ -125,6 +132,9 @@ class InstanceRefiner:
         self.regularisation = float(regularisation)
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
+        self.samples = int(samples)
+        if self.samples < 0:
+            raise ValueError(f"samples must be >= 0 (0: every voxel), got {samples}")
         self.multistart = as_bool(multistart, "multistart")
         self.enabled = as_bool(enabled, "refine")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
@@ -161,6 +171,42 @@ class InstanceRefiner:
     def _pyramid(self, name: str, moving, fixed, synth):
         """Per level: (source image to warp, target) for a similarity."""
         return [self.source_target(name, moving, fixed, synth, s) for s in self.levels]
+
+    def _samplers(self, name: str, pyramid) -> list[VoxelSample | None]:
+        """Per level, the voxels where the similarity is evaluated (``None``: all of them)."""
+        out = []
+        for k, (src, _) in enumerate(pyramid):
+            size = tuple(src.shape[2:])
+            sampled = self.samples and name in ("mi", "mind") and math.prod(size) > self.samples
+            out.append(VoxelSample(size, self.samples, seed=k, device=src.device, dtype=src.dtype) if sampled else None)
+        return out
+
+    @staticmethod
+    def _scaled(theta: torch.Tensor, factor: int) -> torch.Tensor:
+        """``theta`` on a grid ``factor`` times coarser (its translation in that grid's voxels)."""
+        d = theta.shape[1]
+        return torch.cat([theta[:, :, :d], theta[:, :, d:] / factor], dim=2)
+
+    def _affine_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None):
+        """``theta -> loss`` of the affinely warped ``src`` against ``tgt`` at one level."""
+        if sampler is None:
+            size = tuple(src.shape[2:])
+            return lambda theta: loss_fn(self.warp(src, self._affine_ddf(theta, factor, size)), tgt)
+        values = sampler.values(tgt)
+        return lambda theta: loss_fn(sampler.sample(src, sampler.affine_positions(self._scaled(theta, factor))), values)
+
+    def _deformable_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None, theta, integrate):
+        """``velocity -> loss`` of ``src`` warped by the velocity's map, then ``theta``, against ``tgt``."""
+        if sampler is None:
+            size = tuple(src.shape[2:])
+            return lambda v: loss_fn(self.warp(src, self._deformable_ddf(theta, v, integrate, factor, size)), tgt)
+        values, scaled = sampler.values(tgt), self._scaled(theta, factor)
+
+        def objective(v):
+            displacement = sampler.field_at(integrate(v) if integrate is not None else v)
+            return loss_fn(sampler.sample(src, sampler.affine_positions(scaled, sampler.points[None] + displacement)), values)
+
+        return objective
 
     # -- stages -------------------------------------------------------------------------------
     def _optimise(self, params, objective, iterations: int, lr: float) -> tuple[int, float, float]:
@@ -236,14 +282,16 @@ class InstanceRefiner:
         dims = moving.ndim - 2
         loss_fn = self.similarity_loss(self.affine_similarity, dims)
         pyramid = self._pyramid(self.affine_similarity, moving, fixed, synth)
+        objectives = [
+            self._affine_objective(loss_fn, src, tgt, s, sampler)
+            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.affine_similarity, pyramid))
+        ]
         half = torch.as_tensor([s / 2.0 for s in moving.shape[2:]], dtype=theta0.dtype).view(1, dims, 1)
 
         def run_level(base, delta_m, delta_t, k):
-            (src, tgt), s, n = pyramid[k], self.levels[k], self.affine_iterations[k]
-            size = tuple(src.shape[2:])
+            s, n = self.levels[k], self.affine_iterations[k]
             current = lambda: base + torch.cat([delta_m, delta_t * half], dim=2)  # noqa: E731
-            objective = lambda: loss_fn(self.warp(src, self._affine_ddf(current(), s, size)), tgt)  # noqa: E731
-            done, start, best = self._optimise([delta_m, delta_t], objective, n, self.affine_lr)
+            done, start, best = self._optimise([delta_m, delta_t], lambda: objectives[k](current()), n, self.affine_lr)
             return {"level": s, "iterations": done, "similarity_before": -start, "similarity_after": -best}
 
         # every start is optimised on the coarsest level; the best one goes on to the finer levels
@@ -257,10 +305,7 @@ class InstanceRefiner:
         levels = [first] + [run_level(base, delta_m, delta_t, k) for k in range(1, len(self.levels))]
         with torch.no_grad():
             theta = (base + torch.cat([delta_m, delta_t * half], dim=2)).detach()
-            src, tgt = pyramid[-1]
-            size = tuple(src.shape[2:])
-            before = float(loss_fn(self.warp(src, self._affine_ddf(theta0, self.levels[-1], size)), tgt))
-            after = float(loss_fn(self.warp(src, self._affine_ddf(theta, self.levels[-1], size)), tgt))
+            before, after = float(objectives[-1](theta0)), float(objectives[-1](theta))
         reverted = after > before
         stats["affine"] = {
             "similarity": self.affine_similarity, "start": "network" if chosen == 0 else f"alternative {chosen}",
@@ -281,28 +326,29 @@ class InstanceRefiner:
         velocity = velocity0.clone().requires_grad_(True)
         reg = lambda v: self.regularisation * self.smoothness(v) if self.regularisation > 0 and min(v.shape[2:]) > 2 else v.new_zeros(())  # noqa: E731
 
-        def objective_at(src, tgt, s, v):
-            ddf = self._deformable_ddf(theta, v, integrate, s, tuple(src.shape[2:]))
-            return loss_fn(self.warp(src, ddf), tgt) + reg(v)
+        similarities = [
+            self._deformable_objective(loss_fn, src, tgt, s, sampler, theta, integrate)
+            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.deformable_similarity, pyramid))
+        ]
+
+        def objective_at(k, v):
+            return similarities[k](v) + reg(v)
 
         start_from = "network"
         if self.multistart:  # the network's field or none at all, whichever starts with the lower objective
             with torch.no_grad():
-                (src, tgt), s = pyramid[0], self.levels[0]
                 zero = torch.zeros_like(velocity0)
-                if float(objective_at(src, tgt, s, zero)) < float(objective_at(src, tgt, s, velocity0)):
+                if float(objective_at(0, zero)) < float(objective_at(0, velocity0)):
                     velocity0, start_from = zero, "zero"
                     velocity = zero.clone().requires_grad_(True)
         levels = []
-        for (src, tgt), s, n in zip(pyramid, self.levels, self.deformable_iterations):
+        for k, (s, n) in enumerate(zip(self.levels, self.deformable_iterations)):
             if n <= 0:
                 continue
-            done, start, best = self._optimise([velocity], lambda src=src, tgt=tgt, s=s: objective_at(src, tgt, s, velocity), n, self.velocity_lr)
+            done, start, best = self._optimise([velocity], lambda k=k: objective_at(k, velocity), n, self.velocity_lr)
             levels.append({"level": s, "iterations": done, "objective_before": start, "objective_after": best})
         with torch.no_grad():
-            src, tgt = pyramid[-1]
-            before = float(objective_at(src, tgt, self.levels[-1], velocity0))
-            after = float(objective_at(src, tgt, self.levels[-1], velocity))
+            before, after = float(objective_at(-1, velocity0)), float(objective_at(-1, velocity))
         reverted = after > before
         stats["deformable"] = {
             "similarity": self.deformable_similarity, "regularisation": self.regularisation, "start": start_from, "levels": levels,

@@ -1,0 +1,51 @@
+"""``bundle.voxel_sample``: the sampled maps equal the dense ones at the sampled voxels (2D and 3D)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.blocks import DVF2DDF, Warp
+
+from bundle.fields import affine_to_ddf, compose_ddf
+from bundle.networks.deformable_head import field_to_ddf
+from bundle.voxel_sample import VoxelSample
+
+
+@pytest.mark.parametrize("size", [(32, 28), (20, 24, 16)])
+def test_sampled_maps_equal_the_dense_maps(size):
+    g = torch.Generator().manual_seed(len(size))
+    d = len(size)
+    image = torch.rand(1, 1, *size, generator=g)
+    theta = torch.cat([torch.eye(d) + 0.05 * torch.randn(d, d, generator=g), torch.randn(d, 1, generator=g)], 1)[None]
+    velocity = 0.5 * torch.randn(1, d, *[s // 4 for s in size], generator=g)
+    integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
+    warp = Warp(mode="bilinear", padding_mode="zeros")
+    deformable = field_to_ddf(velocity, size, integrate)
+    vs = VoxelSample(size, 400, seed=1)
+    assert vs.index.shape == (400,) and len(set(vs.index.tolist())) == 400
+    flat = vs.index.clone()
+    for axis in reversed(range(d)):  # the points are the voxels of the flat indices
+        assert torch.equal(vs.points[:, axis].long(), flat % size[axis])
+        flat = flat // size[axis]
+    # the coarse field upsampled at the samples, as field_to_ddf does on the whole grid
+    torch.testing.assert_close(vs.field_at(integrate(velocity)), vs.values(deformable).transpose(1, 2), atol=1e-5, rtol=0)
+    # the affine map alone: exactly Warp(affine_to_ddf)
+    dense_affine = warp(image, affine_to_ddf(theta, size))
+    torch.testing.assert_close(vs.sample(image, vs.affine_positions(theta)), vs.values(dense_affine), atol=1e-5, rtol=0)
+    # deformable then affine: compose_ddf clamps the affine field at the border, the samples do not;
+    # they agree wherever the deformed point stays inside the grid
+    dense = warp(image, compose_ddf(affine_to_ddf(theta, size), deformable, Warp(mode="bilinear", padding_mode="border")))
+    y = vs.points[None] + vs.field_at(integrate(velocity))
+    sampled = vs.sample(image, vs.affine_positions(theta, y))
+    inside = ((y >= 0) & (y <= torch.as_tensor(size) - 1)).all(dim=-1)
+    assert inside.float().mean() > 0.6
+    torch.testing.assert_close(sampled[:, :, inside[0]], vs.values(dense)[:, :, inside[0]], atol=1e-5, rtol=0)
+
+
+def test_all_voxels_when_the_sample_is_larger_than_the_grid():
+    vs = VoxelSample((4, 5), 100)
+    assert torch.equal(vs.index, torch.arange(20))
+    image = torch.arange(20.0).view(1, 1, 4, 5)
+    torch.testing.assert_close(vs.sample(image, vs.points[None]), image.flatten(2))
+    outside = vs.sample(image, vs.points[None] + 10.0)
+    assert torch.all(outside == 0)
