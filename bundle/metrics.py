@@ -10,7 +10,7 @@ Conventions (see :mod:`bundle.io`):
 * An ``affine`` maps voxel index to RAS millimetres; only its top-left ``dims x dims`` block
   (spacing and direction) is used here, for 2D images too.
 * Per-case reductions return a tensor of shape ``(B,)`` (or ``(B, n_labels)``);
-  :func:`registration_metrics` returns plain floats for a single pair.
+  ``bundle.evaluate.registration_metrics`` assembles them into plain floats for a single pair.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from .fields import as_float, check_ddf, jacobian_determinant, linear_part, spacing_from_affine
+from .fields import as_float, check_ddf, jacobian_determinant, linear_part
 
 __all__ = [
     "dice_per_label",
@@ -34,7 +34,6 @@ __all__ = [
     "normalized_mutual_information",
     "one_hot_labels",
     "as_int_labels",
-    "registration_metrics",
 ]
 
 # ----------------------------------------------------------------------------- helpers
@@ -339,66 +338,3 @@ def normalized_mutual_information(
         h_a, h_b = _entropy(joint.sum(1)), _entropy(joint.sum(0))
         out.append((h_a + h_b) / h_ab if h_ab > 0 else torch.tensor(float("nan"), dtype=torch.float64))
     return torch.stack(out).to(a.device)
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-def registration_metrics(
-    warped_label: torch.Tensor,
-    fixed_label: torch.Tensor,
-    ddf: torch.Tensor,
-    gt_ddf: torch.Tensor | None = None,
-    affine=None,
-    warped: torch.Tensor | None = None,
-    fixed: torch.Tensor | None = None,
-    labels: Sequence[int] = (1, 2, 3),
-    mask: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """All metrics for a single registered pair (batch size 1), as plain floats.
-
-    Keys: ``dice_<label>`` for each label, ``dice_mean``, ``hd95_mean`` (mm, mean over labels
-    present), ``folding_percent``, ``sdlogj``, and, when ``gt_ddf`` is given,
-    ``disp_error_mean_mm`` and ``disp_error_p95_mm``, and, when ``warped`` and ``fixed`` are given,
-    ``nmi``. Means over labels skip ``nan`` (labels absent from both maps).
-
-    Args:
-        warped_label: warped moving label map ``(1, 1, *S)``.
-        fixed_label: fixed label map ``(1, 1, *S)``.
-        ddf: ``(1, dims, *S)`` displacement field in voxels of the fixed grid.
-        gt_ddf: optional ground-truth field in the same convention.
-        affine: fixed-image affine (voxel -> mm); ``None`` means 1 mm isotropic, identity direction.
-        warped: optional warped moving image ``(1, 1, *S)``.
-        fixed: optional fixed image ``(1, 1, *S)``.
-        labels: label values to score.
-        mask: optional ``(1, 1, *S)`` fixed brain mask restricting folding, SDlogJ, displacement
-            error and NMI; ``None`` means the whole grid.
-    """
-    if ddf.ndim < 3 or ddf.shape[0] != 1:
-        raise ValueError(f"registration_metrics expects a single pair (batch size 1), got ddf {tuple(ddf.shape)}")
-    dims = check_ddf(ddf)
-    if warped_label.shape[0] != 1:
-        raise ValueError(f"expected warped_label of batch size 1, got {tuple(warped_label.shape)}")
-    if tuple(warped_label.shape[2:]) != tuple(ddf.shape[2:]):
-        raise ValueError(
-            f"label maps and ddf must share the spatial shape, got {tuple(warped_label.shape)} and {tuple(ddf.shape)}"
-        )
-    if affine is None:
-        affine = np.eye(dims)
-    spacing = spacing_from_affine(affine, dims)
-
-    out: dict[str, float] = {}
-    dice = dice_per_label(warped_label, fixed_label, labels)[0]
-    for value, d in zip(labels, dice):
-        out[f"dice_{value}"] = float(d)
-    out["dice_mean"] = float(torch.nanmean(dice))
-    out["hd95_mean"] = float(torch.nanmean(hd95_per_label(warped_label, fixed_label, labels, spacing)[0]))
-    out["folding_percent"] = float(folding_percent(ddf, mask)[0])
-    out["sdlogj"] = float(sd_log_jacobian(ddf, mask)[0])
-    if gt_ddf is not None:
-        err = displacement_error_mm(ddf, gt_ddf, affine, mask)
-        out["disp_error_mean_mm"] = float(err["mean"][0])
-        out["disp_error_p95_mm"] = float(err["p95"][0])
-    if warped is not None and fixed is not None:
-        out["nmi"] = float(normalized_mutual_information(warped, fixed, mask=mask)[0])
-    return out

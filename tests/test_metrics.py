@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.evaluate import registration_metrics
 from bundle.fields import jacobian_determinant, spacing_from_affine
 from bundle.metrics import (
     dice_per_label,
@@ -17,7 +18,6 @@ from bundle.metrics import (
     hd95_per_label,
     mean_dice,
     normalized_mutual_information,
-    registration_metrics,
     sd_log_jacobian,
 )
 from bundle.resample import warp_labels
