@@ -25,6 +25,14 @@ def affine_ddf(mat, shape) -> torch.Tensor:
     return (torch.einsum("ij,j...->i...", torch.as_tensor(np.asarray(mat) - np.eye(dims)), x) + shift)[None]
 
 
+def value_and_grad(loss, *inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loss(inputs[0], *inputs[1:])`` and its gradient with respect to ``inputs[0]`` (a detached copy)."""
+    leaf = inputs[0].detach().clone().requires_grad_(True)
+    value = loss(leaf, *inputs[1:])
+    value.backward()
+    return value.detach(), leaf.grad
+
+
 def composed(config: str) -> str:
     """``--config_file`` value of a config composed over ``configs/common.json``, as the README gives it."""
     return f"['configs/common.json','configs/{config}']"

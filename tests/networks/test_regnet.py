@@ -1,16 +1,10 @@
-"""Networks: identity at initialisation, affine algebra, composition, shapes, 2D and 3D."""
+"""bundle/networks/regnet.py: MultiModalRegNet is the identity at initialisation, shapes, composition, 2D and 3D."""
 
 import pytest
 import torch
 from monai.networks.blocks import Warp
 
-from bundle.networks import (
-    AffineHead,
-    MultiModalRegNet,
-    RegistrationBundleNet,
-    affine_to_ddf,
-    compose_ddf,
-)
+from bundle.networks import MultiModalRegNet, compose_ddf
 
 torch.manual_seed(0)
 
@@ -46,25 +40,6 @@ def test_output_shapes_both_directions(dims, size, down):
     assert "forward_theta" in flat and "backward_ddf" in flat
 
 
-def test_affine_ddf_translation_moves_image_by_known_voxels():
-    theta = torch.tensor([[[1.0, 0.0, 3.0], [0.0, 1.0, -2.0]]])
-    ddf = affine_to_ddf(theta, (20, 24))
-    assert torch.allclose(ddf[0, 0], torch.full((20, 24), 3.0)) and torch.allclose(ddf[0, 1], torch.full((20, 24), -2.0))
-    img = torch.zeros(1, 1, 20, 24)
-    img[0, 0, 10, 12] = 1
-    warped = Warp(mode="nearest")(img, ddf)
-    assert warped[0, 0, 7, 14] == 1  # warped(x) = img(x + ddf)
-
-
-def test_affine_ddf_rotation_about_centre():
-    c, s = torch.cos(torch.tensor(0.3)), torch.sin(torch.tensor(0.3))
-    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]])
-    ddf = affine_to_ddf(theta, (21, 21))
-    assert ddf[0, :, 10, 10].abs().max() < 1e-6  # the centre is fixed
-    with pytest.raises(ValueError, match="theta"):
-        affine_to_ddf(theta, (21, 21, 21))
-
-
 def test_compose_ddf_of_translations_adds():
     warp = Warp()
     a = torch.zeros(1, 2, 16, 16)
@@ -72,27 +47,6 @@ def test_compose_ddf_of_translations_adds():
     b = torch.zeros(1, 2, 16, 16)
     b[:, 1] = -2.0
     assert torch.allclose(compose_ddf(a, b, warp), a + b, atol=1e-5)
-
-
-def test_affine_head_starts_at_identity_and_scales_translation():
-    head = AffineHead(2, 8)
-    theta = head(torch.rand(1, 8, 4, 4), (32, 32))
-    assert torch.allclose(theta, torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]))
-    with torch.no_grad():
-        head.fc.bias[2] = 0.5  # translation along axis 0, fraction of the half size
-    assert torch.isclose(head(torch.rand(1, 8, 4, 4), (32, 32))[0, 0, 2], torch.tensor(8.0))
-
-
-@pytest.mark.parametrize("dims,size,down", CASES)
-def test_bundle_wrapper_single_tensor(dims, size, down):
-    net = RegistrationBundleNet(dims, encoder_channels=(4, 8, 8), input_downsample=down).eval()
-    x = torch.rand(1, 2, *size)
-    y = net(x)
-    assert y.shape == (1, 1 + dims, *size)
-    ref = net.register(x[:, :1], x[:, 1:], bidirectional=False, synthesis=False).forward
-    assert torch.allclose(y[:, 1:], ref.ddf)
-    with pytest.raises(ValueError, match="expected"):
-        net(torch.rand(1, 3, *size))
 
 
 def test_bad_sizes_name_the_shape():
@@ -114,3 +68,41 @@ def test_gradients_reach_every_stage():
         grads = [p.grad for p in getattr(net, name).parameters()]
         assert all(g is not None for g in grads), name
         assert sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+@pytest.mark.parametrize("dims,down,divisor", [(2, 0, 8), (2, 1, 16), (3, 2, 32)])
+def test_size_divisor_counts_every_downsampling(dims, down, divisor):
+    net = MultiModalRegNet(dims, encoder_channels=(4, 8, 8), input_downsample=down)  # 2 encoder + 1 affine + down
+    assert net.size_divisor == divisor
+    size = (divisor, 2 * divisor) if dims == 2 else (2 * divisor,) * 3
+    out = net(torch.rand(1, 1, *size), torch.rand(1, 1, *size), bidirectional=False, synthesis=False)
+    assert out.forward.ddf.shape == (1, dims, *size)
+
+
+def test_one_direction_without_synthesis_leaves_the_optional_outputs_empty():
+    net = MultiModalRegNet(2, encoder_channels=(4, 8, 8))
+    m, f = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    out = net(m, f, bidirectional=False, synthesis=False)
+    assert out.backward is None and out.cycle_moving is None and out.cycle_fixed is None
+    assert out.forward.synth is None and out.forward.synth_warped is None
+    full = net(m, f)
+    assert torch.allclose(out.forward.ddf, full.forward.ddf, atol=1e-6)  # the forward direction does not depend on the rest
+    flat = out.as_dict()
+    assert not any(k.startswith("backward_") for k in flat) and flat["cycle_moving"] is None
+
+
+def test_composed_field_warps_as_the_two_stages_in_sequence():
+    net = MultiModalRegNet(2, encoder_channels=(4, 8, 8))
+    with torch.no_grad():
+        net.affine_head.fc.bias[2] = 0.25  # 4 voxels along axis 0 on a 32-voxel grid
+        net.deformable_head.output.conv.bias[1] = 0.5  # 1 voxel along axis 1 after integration and upsampling
+    m, f = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    out = net(m, f, bidirectional=False, synthesis=False).forward
+    assert torch.allclose(out.ddf_affine[0, 0], torch.full((32, 32), 4.0)) and out.ddf_affine[0, 1].abs().max() < 1e-6
+    assert torch.allclose(out.ddf_deformable[0], torch.tensor([0.0, 1.0]).view(2, 1, 1).expand(2, 32, 32), atol=1e-2)
+    warp = Warp(mode="bilinear", padding_mode="border")
+    assert torch.allclose(out.ddf, out.ddf_affine + out.ddf_deformable, atol=1e-5)  # translations add
+    # one resampling by the composed field equals resampling by the affine then by the deformable field
+    # (up to rounding here, because the affine part is an integer translation; a voxel off would differ by ~0.3)
+    assert torch.allclose(out.warped, warp(warp(m, out.ddf_affine), out.ddf_deformable), atol=1e-3)
+    assert torch.allclose(out.warped_affine, warp(m, out.ddf_affine), atol=1e-6)

@@ -1,4 +1,4 @@
-"""Composite loss: each term behaves as documented, 2D and 3D."""
+"""bundle/losses/composite.py: RegistrationLoss terms and inverse_consistency_error behave as documented, 2D and 3D."""
 
 import pytest
 import torch
