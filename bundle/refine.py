@@ -14,9 +14,10 @@ intensities; MONAI LNCC between the *synthesised* moving image (rendered in the 
 by the network's decoder) and the fixed one, the FIRE idea; MIND-SSC descriptors compared by
 SSD. With ``samples``, MI and MIND are evaluated at that many voxels of each level (a fixed
 random subset, :class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a
-full-resolution level costs what a coarse one does. Each level stops early when the objective has not improved by ``tolerance`` (relative) for
-``patience`` iterations, keeps its best parameters, and a stage whose result is worse than its
-start at the finest level is reverted, so refinement never lowers the objective it optimises.
+full-resolution level costs what a coarse one does. Each level stops early when the objective
+has not improved by ``tolerance`` (relative) for ``patience`` iterations, keeps its best
+parameters, and a stage whose result is worse than its start at the finest level is reverted,
+so refinement never lowers the objective it optimises.
 """
 
 from __future__ import annotations
@@ -236,9 +237,7 @@ class InstanceRefiner:
         return done, start, best
 
     def _affine_ddf(self, theta: torch.Tensor, factor: int, size) -> torch.Tensor:
-        d = theta.shape[1]
-        scaled = torch.cat([theta[:, :, :d], theta[:, :, d:] / factor], dim=2)
-        return affine_to_ddf(scaled, size)
+        return affine_to_ddf(self._scaled(theta, factor), size)
 
     def _deformable_ddf(self, theta, velocity, integrate, factor, size) -> torch.Tensor:
         ddf_aff = self._affine_ddf(theta, factor, size)

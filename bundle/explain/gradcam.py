@@ -53,6 +53,7 @@ __all__ = [
     "StageExplainer",
     "Explanation",
     "explain_pair",
+    "stage_explainers",
     "normalise_map",
 ]
 
@@ -422,17 +423,36 @@ def explain_pair(
     Returns:
         one :class:`Explanation` per (stage, target), in order.
     """
+    out = []
+    for stage, spec, name, ex in stage_explainers(network, stages, targets, spacing_mm, roi_mask, method):
+        attr = ex.attribute(moving, fixed)
+        out.append(Explanation(stage, spec.layer, name, ex.target.description, ex.last_value, attr, ex.method))
+    return out
+
+
+def stage_explainers(
+    network: nn.Module,
+    stages: Sequence[str] | Mapping | None = None,
+    targets: Mapping[str, str | Sequence[str]] | None = None,
+    spacing_mm=None,
+    roi_mask: torch.Tensor | None = None,
+    method: str | None = None,
+):
+    """Yield ``(stage, spec, target name, StageExplainer)`` for every selected stage and target
+    (the selection of :func:`explain_pair` and :func:`bundle.explain.sanity.sanity_report`).
+
+    Raises:
+        ValueError: targets given for a stage that is not selected.
+    """
     dims = int(network.spatial_dims)
     specs = stage_specs(stages)
     targets = dict(targets or {})
     unknown = set(targets) - set(specs)
     if unknown:
         raise ValueError(f"targets given for stage(s) {sorted(unknown)} that are not selected ({list(specs)}).")
-    out = []
     for stage, spec in specs.items():
         names = targets.get(stage) or default_targets(stage, spec.layer, spacing_mm, roi_mask is not None)
         for name in expand_target_names(names, dims):
-            ex = StageExplainer.for_stage(network, spec, name, spacing_mm=spacing_mm, roi_mask=roi_mask, **({"method": method} if method else {}))
-            attr = ex.attribute(moving, fixed)
-            out.append(Explanation(stage, spec.layer, name, ex.target.description, ex.last_value, attr, ex.method))
-    return out
+            yield stage, spec, name, StageExplainer.for_stage(
+                network, spec, name, spacing_mm=spacing_mm, roi_mask=roi_mask, **({"method": method} if method else {})
+            )

@@ -22,10 +22,9 @@ from torch import nn
 
 from ..networks.bundle_net import structured_forward
 from .deletion import blur_voxels, deletion_check
-from .gradcam import StageExplainer, default_targets, stage_specs
+from .gradcam import StageExplainer, stage_explainers
 from .localisation import box_mask, bump_displacement, default_box, local_deformation_case, localisation_check, localisation_fraction
 from .randomisation import randomisation_check, randomised_copy, spearman
-from .targets import expand_target_names
 
 __all__ = [
     "SanitySettings",
@@ -104,7 +103,6 @@ def sanity_report(
         "localisation_volume_fraction"}}}``.
     """
     s = settings or SanitySettings()
-    dims = int(network.spatial_dims)
     was_training = network.training
     network.eval()
     try:
@@ -113,13 +111,8 @@ def sanity_report(
                 aligned_moving = structured_forward(network, moving, fixed, bidirectional=False, synthesis=False).forward.warped
         box = default_box(fixed) if s.box is None else s.box
         report: dict = {"settings": s.as_json(box)}
-        targets = dict(s.targets or {})
-        for stage, spec in stage_specs(s.stages).items():
-            names = targets.get(stage) or default_targets(stage, spec.layer, s.spacing_mm, s.roi_mask is not None)
-            report[stage] = {}
-            for name in expand_target_names(names, dims):
-                ex = StageExplainer.for_stage(network, spec, name, spacing_mm=s.spacing_mm, roi_mask=s.roi_mask, **({"method": s.method} if s.method else {}))
-                report[stage][name] = _checks(ex, moving, fixed, aligned_moving, box, s)
+        for stage, _, name, ex in stage_explainers(network, s.stages, s.targets, s.spacing_mm, s.roi_mask, s.method):
+            report.setdefault(stage, {})[name] = _checks(ex, moving, fixed, aligned_moving, box, s)
     finally:
         network.train(was_training)
     return report
