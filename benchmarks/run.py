@@ -95,11 +95,19 @@ def register_with(method: str, fixed, fixed_affine, moving, moving_affine, fixed
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def run_method(method: str, pair: PairData, registrar: PairRegistrar) -> tuple[np.ndarray, np.ndarray]:
+def run_method(method: str, pair: PairData, registrar: PairRegistrar, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`register_with` on a datalist pair."""
     return register_with(
-        method, pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, pair.item["fixed"], pair.item["moving"], registrar
+        method, pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, pair.item["fixed"], pair.item["moving"], registrar, threads
     )
+
+
+def use_threads(threads: int) -> None:
+    """Give every method the same number of CPU threads: torch (the project, FireANTs), ITK (ANTs); elastix gets ``-threads``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
 
 
 def _dataset_datalist(dataset: str, per_contrast: int) -> str:
@@ -173,7 +181,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--csv", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "metrics.csv"), help="the data set's name is appended")
     parser.add_argument("--tag", default="", help="suffix of the docs section and CSV (a supplementary run keeps the main one)")
     parser.add_argument("--null", type=int, default=1, help="also run the data set's aligned null pairs (1) or not (0)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for every method (default: torch's and the tools' own defaults)")
     args = parser.parse_args(argv)
+    if args.threads:
+        use_threads(args.threads)
     datalist = args.datalist or _dataset_datalist(args.dataset, args.pairs_per_contrast)
     methods = [m for m in args.methods.split(",") if m]
     registrar = _registrar(args.checkpoint)
@@ -187,7 +198,7 @@ def main(argv=None) -> dict:
         pair = PairData(registrar, item)
         for method in methods:
             t0 = time.perf_counter()
-            ddf_mm, warped = run_method(method, pair, registrar)
+            ddf_mm, warped = run_method(method, pair, registrar, args.threads)
             seconds = time.perf_counter() - t0
             (null_rows if is_null else rows).append(pair.row(method, pair.score(ddf_mm, warped), seconds))
             r = (null_rows if is_null else rows)[-1]

@@ -154,18 +154,23 @@ def evaluate_pair(registrar: PairRegistrar, item: dict, methods: Sequence[str] =
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean and median of every numeric metric per method (and per contrast)."""
+    """Mean and median of every numeric metric per method (and per contrast).
+
+    A metric some rows of a group lack (``disp_error_*`` where only some pairs have a ground-truth
+    field) is summarised over the rows that have it, with its own count ``n``.
+    """
     out: dict = {}
     groups: dict = {}
     for r in rows:
         groups.setdefault(r["method"], []).append(r)
         groups.setdefault(f"{r['method']}/{r['contrast']}", []).append(r)
     for key, rs in groups.items():
-        numeric = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numeric = dict.fromkeys(k for r in rs for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
         out[key] = {"n": len(rs)}
         for k in numeric:
-            vals = np.array([r[k] for r in rs], dtype=np.float64)
-            out[key][k] = {"mean": float(np.nanmean(vals)), "median": float(np.nanmedian(vals))}
+            vals = np.array([r[k] for r in rs if k in r], dtype=np.float64)
+            entry = {"mean": float(np.nanmean(vals)), "median": float(np.nanmedian(vals))}
+            out[key][k] = entry if len(vals) == len(rs) else {**entry, "n": len(vals)}
     return out
 
 

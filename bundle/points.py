@@ -88,16 +88,17 @@ def read_points(path: str | os.PathLike, dims: int, space: str | None = None) ->
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: unreadable points file ({' '.join(str(e).split())[:120]})") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if not rows:
+    reader = csv.reader(io.StringIO(text))
+    numbered = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]  # line numbers as in the file
+    if not numbered:
         raise ValueError(f"{path}: empty points file (expected a header such as x,y,z)")
-    header, rows = rows[0], rows[1:]
+    header, numbered = numbered[0][1], numbered[1:]
+    rows = [r for _, r in numbered]
     columns, space = _coordinate_columns(path, header, dims, space)
     if not rows:
         raise ValueError(f"{path}: no points below the header")
     values = np.empty((len(rows), dims))
-    for i, row in enumerate(rows):
-        line = i + 2
+    for i, (line, row) in enumerate(numbered):
         if len(row) < len(header):
             raise ValueError(f"{path}: line {line} has {len(row)} values, the header has {len(header)} columns")
         for j, c in enumerate(columns):

@@ -38,6 +38,14 @@ def test_summarise_means_and_medians_per_method_and_contrast():
     assert set(s["full"]) == {"n", "dice_mean", "seconds"}
 
 
+def test_summarise_takes_a_metric_only_some_rows_have_over_those_rows():
+    rows = [_row("full", "t2", 0.5, 1.0), {**_row("full", "t2", 0.7, 3.0), "disp_error_mean_mm": 2.0}, _row("full", "pd", 0.9, 5.0)]
+    s = summarise(rows)  # the first row has no ground truth: its keys must not decide the metrics
+    assert s["full"]["disp_error_mean_mm"] == {"mean": 2.0, "median": 2.0, "n": 1}
+    assert s["full"]["dice_mean"] == {"mean": pytest.approx(0.7), "median": pytest.approx(0.7)}
+    assert "disp_error_mean_mm" not in s["full/pd"] and s["full/t2"]["disp_error_mean_mm"]["n"] == 1
+
+
 def test_summarise_of_nothing_is_empty_and_integers_count():
     assert summarise([]) == {}
     s = summarise([{"method": "affine", "contrast": "", "voxels": 3}, {"method": "affine", "contrast": "", "voxels": 4}])

@@ -100,8 +100,9 @@ def test_blank_lines_are_skipped(tmp_path):
         ("x,y,z\n1,2,3\n4,five,6\n", r"line 3, column 'y': not a number \('five'\)"),
         ("x,y,z\n1,2,nan\n", r"line 2, column 'z': not a finite number \('nan'\)"),
         ("x,y,z\ninf,2,3\n", r"line 2, column 'x': not a finite number \('inf'\)"),
+        ("\nx,y,z\n\n1,2,3\n , , \n4,five,6\n", r"line 6, column 'y': not a number \('five'\)"),
     ],
-    ids=["empty", "header_only", "no_columns", "short_row", "text", "nan", "inf"],
+    ids=["empty", "header_only", "no_columns", "short_row", "text", "nan", "inf", "after_blank_lines"],
 )
 def test_bad_csvs_raise_one_line_naming_the_file(tmp_path, text, message):
     path = _csv(tmp_path, text, "bad.csv")

@@ -54,11 +54,6 @@ def test_other_arguments_regenerate(tmp_path, calls, change):
     assert len(calls) == 2 and calls[1] == {**ARGS, **change}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ensure_sample_datalist compares only the arguments passed: a call relying on a default (seed=0) reuses a data "
-    "set generated with seed=5, although the docstring says a datalist written with another seed is regenerated",
-)
 def test_an_omitted_argument_means_its_default(tmp_path, calls):
     sample.ensure_sample_datalist(tmp_path, **ARGS)
     sample.ensure_sample_datalist(tmp_path, **{k: v for k, v in ARGS.items() if k != "seed"})
