@@ -77,7 +77,7 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: one line naming the file: not a weights-only checkpoint, or keys/shapes
-            that do not match ``network``.
+            that do not match ``network``; ``network`` keeps its weights then.
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -89,9 +89,11 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
         raise ValueError(f"{path}: not a weights-only checkpoint (refusing to run arbitrary code): {first}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    before = {k: v.detach().clone() for k, v in network.state_dict().items()}
     try:
         network.load_state_dict(state, strict=True)
     except Exception as e:  # noqa: BLE001
+        network.load_state_dict(before)  # load_state_dict copies what fits before it raises: undo that
         msg = " ".join(str(e).split())[:300]
         raise ValueError(f"{path}: checkpoint does not fit this network architecture ({msg})") from None
     return network

@@ -52,9 +52,9 @@ OUTPUT_FILES = (
 
 def default_intensity_scaling():
     """``configs/common.json``'s ``intensity_scaling``: the 0.5-99.5 percentile range to [0, 1], clipped."""
-    from monai.transforms import ScaleIntensityRangePercentiles
+    from bundle.transforms import ScaleIntensityRangePercentilesOrMinMax
 
-    return ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    return ScaleIntensityRangePercentilesOrMinMax(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
 
 
 class PairRegistrar:
@@ -104,14 +104,10 @@ class PairRegistrar:
         return array.astype(np.float32), spatial_affine(affine, self.dims), affine
 
     def scale_intensity(self, array: np.ndarray) -> torch.Tensor:
-        """``(1, *S)`` tensor of ``array`` through :attr:`intensity`; min-max when its range is empty."""
+        """``(1, *S)`` tensor of ``array`` through :attr:`intensity` (the config's ``intensity_scaling``)."""
         from monai.utils import convert_to_tensor
 
-        img = convert_to_tensor(self.intensity(torch.from_numpy(np.asarray(array, dtype=np.float32))[None]), track_meta=False)
-        if float(img.max()) <= float(img.min()):  # percentile range collapsed (a tiny bright object on zeros)
-            lo, hi = float(array.min()), float(array.max())
-            img = torch.from_numpy((np.asarray(array, dtype=np.float32) - lo) / (hi - lo))[None]
-        return img
+        return convert_to_tensor(self.intensity(torch.from_numpy(np.asarray(array, dtype=np.float32))[None]), track_meta=False)
 
     def _to_network_grid(self, array, affine, net_affine, net_shape, shift_mm=None) -> torch.Tensor:
         img = self.scale_intensity(array)

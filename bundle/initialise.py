@@ -65,7 +65,9 @@ def check_network_size(shape: Sequence[int], affine: np.ndarray, spacing_mm: flo
     """Raise a one-line ``ValueError`` when an image spans fewer than ``min_voxels`` network voxels on an axis.
 
     The network's pyramid halves the grid ``log2(size_divisor)`` times; an image smaller than one
-    coarsest cell would be almost all padding there, and the affine head would see nothing.
+    coarsest cell would be almost all padding there, and the affine head would see nothing. An
+    image of exactly one coarsest cell is refused too: instance normalisation needs more than one
+    element there.
     """
     lo, hi = physical_extent(affine, shape)
     n = np.floor((hi - lo) / spacing_mm + 1e-6).astype(int) + 1
@@ -73,4 +75,9 @@ def check_network_size(shape: Sequence[int], affine: np.ndarray, spacing_mm: flo
         raise ValueError(
             f"{name}: image too small for the network: it spans {'x'.join(str(int(v)) for v in n)} voxels at "
             f"{spacing_mm:g} mm, the network's pyramid needs at least {min_voxels} per axis"
+        )
+    if (n <= min_voxels).all():
+        raise ValueError(
+            f"{name}: image too small for the network: it spans {'x'.join(str(int(v)) for v in n)} voxels at "
+            f"{spacing_mm:g} mm, the network's pyramid needs more than {min_voxels} along at least one axis"
         )

@@ -8,11 +8,35 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles
+from monai.transforms.utils_pytorch_numpy_unification import percentile
+from monai.utils import convert_to_tensor
 
 from bundle.data.validation import check_image_array
 
-__all__ = ["ValidateImaged"]
+__all__ = ["ValidateImaged", "ScaleIntensityRangePercentilesOrMinMax"]
+
+
+class ScaleIntensityRangePercentilesOrMinMax(ScaleIntensityRangePercentiles):
+    """MONAI's ``ScaleIntensityRangePercentiles``, with the min-max range where the percentiles coincide.
+
+    When the ``lower`` and ``upper`` percentiles are equal (a small bright object on zeros: the
+    99.5th percentile is 0), MONAI's ``ScaleIntensityRange`` returns ``img - a_min`` unscaled and
+    unclipped. This transform scales such an image by its minimum and maximum instead, so the
+    output is always in ``[b_min, b_max]`` (a constant image stays as MONAI leaves it).
+    """
+
+    def _normalize(self, img):
+        a_min, a_max = float(percentile(img, self.lower)), float(percentile(img, self.upper))
+        if a_max <= a_min:  # the percentile range collapsed: fall back to the full range
+            a_min, a_max = float(img.min()), float(img.max())
+        b_min, b_max = self.b_min, self.b_max
+        if self.relative:
+            if b_min is None or b_max is None:
+                raise ValueError("If it is relative, b_min and b_max should not be None.")
+            b_min, b_max = (self.b_max - self.b_min) * self.lower / 100.0 + self.b_min, (self.b_max - self.b_min) * self.upper / 100.0 + self.b_min
+        scale = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=self.clip, dtype=self.dtype)
+        return convert_to_tensor(scale(img), track_meta=False)
 
 
 class ValidateImaged(MapTransform):

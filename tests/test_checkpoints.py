@@ -104,3 +104,18 @@ def test_mismatched_shapes_and_keys_are_refused_with_the_file_named(tmp_path):
     with pytest.raises(ValueError, match="network_key.pt: checkpoint does not fit this network architecture"):
         load_network_weights(_net(0), other_key)
 
+
+
+def test_a_refused_checkpoint_leaves_the_network_unchanged(tmp_path):
+    """load_state_dict copies every tensor that fits before it raises; the loader undoes that."""
+    partial = tmp_path / "partial.pt"
+    state = _net(1).state_dict()
+    state.pop(next(iter(state)))  # one key missing: every other tensor fits
+    torch.save(state, partial)
+    net = _net(0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="partial.pt: checkpoint does not fit"):
+        load_network_weights(net, partial)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not all(torch.equal(state[k], after[k]) for k in state)  # the other seed's weights really differ

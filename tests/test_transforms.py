@@ -1,4 +1,5 @@
-"""``bundle/transforms.py``: ``ValidateImaged``'s layout rules and messages on in-memory ``MetaTensor``s (no files)."""
+"""``bundle/transforms.py``: ``ValidateImaged``'s layout rules and messages on in-memory ``MetaTensor``s (no files), and the
+intensity scaling that falls back to min-max."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd
 
-from bundle.transforms import ValidateImaged
+from bundle.transforms import ScaleIntensityRangePercentilesOrMinMax, ValidateImaged
 
 
 def _image(shape, spatial_shape=None, name="scan.nii.gz", value=None) -> MetaTensor:
@@ -95,3 +96,38 @@ def test_missing_keys_raise_unless_allowed():
 def test_expected_dims_must_be_none_2_or_3(dims):
     with pytest.raises(ValueError, match=f"expected_dims must be None, 2 or 3, got {dims}"):
         ValidateImaged("img", expected_dims=dims)
+
+
+def _scalings(**kw):
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    args = {"lower": 0.5, "upper": 99.5, "b_min": 0.0, "b_max": 1.0, "clip": True, **kw}
+    return ScaleIntensityRangePercentilesOrMinMax(**args), ScaleIntensityRangePercentiles(**args)
+
+
+@pytest.mark.parametrize("kw", [{}, {"relative": True}, {"clip": False}, {"channel_wise": True}])
+def test_scaling_equals_monai_where_the_percentiles_differ(kw):
+    img = torch.rand(2, 20, 24, generator=torch.Generator().manual_seed(3)) ** 2 * 300.0
+    ours, monai_scaling = _scalings(**kw)
+    torch.testing.assert_close(ours(img), monai_scaling(img), rtol=0, atol=0)
+
+
+def test_scaling_falls_back_to_min_max_where_the_percentiles_coincide():
+    img = torch.zeros(1, 32, 32)
+    img[0, 3, 4] = 5.0  # one voxel of 1024: the 0.5th and 99.5th percentiles are both 0
+    ours, monai_scaling = _scalings()
+    assert float(monai_scaling(img).max()) == 5.0  # MONAI leaves it unscaled
+    expected = torch.zeros(1, 32, 32)
+    expected[0, 3, 4] = 1.0
+    torch.testing.assert_close(ours(img), expected, rtol=0, atol=0)
+    torch.testing.assert_close(ours(torch.full((1, 4, 4), 2.0)), monai_scaling(torch.full((1, 4, 4), 2.0)))  # constant: as MONAI
+
+
+def test_the_configs_intensity_scaling_is_the_fallback_transform():
+    from monai.bundle import ConfigParser
+
+    from bundle.cli import config_files
+
+    parser = ConfigParser()
+    parser.read_config(config_files("inference.json"))
+    assert isinstance(parser.get_parsed_content("intensity_scaling"), ScaleIntensityRangePercentilesOrMinMax)

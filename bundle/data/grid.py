@@ -58,7 +58,7 @@ def resample_to_spacing(
     sigma = np.maximum((factors - 1.0) / 2.0, 0.0)
     smooth = ndimage.gaussian_filter(array, sigma) if np.any(sigma > 0) else array
     out = ndimage.affine_transform(
-        smooth, factors, offset=offsets, output_shape=tuple(shape), order=order, mode="nearest", output=np.float32
+        smooth, np.diag(factors), offset=offsets, output_shape=tuple(shape), order=order, mode="nearest", output=np.float32
     )
     return out, new_affine
 

@@ -57,8 +57,8 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 1) -> torch.T
     d = pool(F.pad(d, [radius] * (2 * dims), mode="replicate"), 2 * radius + 1, stride=1)
     d = d - d.amin(dim=1, keepdim=True)  # as in the reference implementation: the closest pair has distance 0
     v = d.mean(dim=1, keepdim=True)
-    m = v.mean().detach()
-    v = v.clamp(min=1e-3 * m + 1e-12, max=1e3 * m + 1e-12)
+    m = v.mean(dim=tuple(range(1, v.ndim)), keepdim=True).detach()  # per sample: a descriptor ignores the rest of its batch
+    v = torch.minimum(torch.maximum(v, 1e-3 * m + 1e-12), 1e3 * m + 1e-12)
     desc = torch.exp(-d / v)
     return desc / desc.amax(dim=1, keepdim=True).clamp_min(1e-12)
 

@@ -63,6 +63,13 @@ def test_resample_to_spacing_sizes_and_centred_grid():
     np.testing.assert_allclose(_world(new, (np.array(out.shape) - 1) / 2), old_centre)
 
 
+@pytest.mark.filterwarnings("error")
+def test_resample_to_spacing_raises_no_warning():
+    """SciPy warns on a 1-D matrix for ``affine_transform``; the resampler gives it the diagonal matrix."""
+    out, _ = resample_to_spacing(_ramp((10, 9, 8)), np.eye(4), 2.0)
+    assert out.shape == (5, 5, 4)
+
+
 def test_resample_reproduces_a_linear_ramp_at_the_world_positions():
     """A linear ramp survives the anti-aliasing blur and linear interpolation unchanged away from the border."""
     affine = np.diag([1.5, 1.5, 1.5, 1.0])

@@ -83,3 +83,20 @@ def test_bad_inputs_raise():
         mind_ssc(torch.rand(1, 1, 16))
     with pytest.raises(ValueError, match="differ in shape"):
         MINDSSCLoss()(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 18))
+
+
+@pytest.mark.parametrize("shape", [(24, 20), (12, 14, 10)])
+def test_a_descriptor_does_not_depend_on_the_rest_of_its_batch(shape):
+    """The variance clamp uses each sample's own mean: a flat image next to a textured one changes nothing."""
+    textured = _texture(shape, seed=4) ** 3  # skewed, so that the clamp bounds matter
+    flat = torch.full_like(textured, 0.5)
+    flat[..., 0] = 0.0  # almost no structure: a tiny mean variance, which a batch mean would drag down
+    alone = mind_ssc(textured)
+    together = mind_ssc(torch.cat([textured, flat * 50.0]))[:1]
+    torch.testing.assert_close(together, alone, rtol=0, atol=0)
+
+
+def test_mind_is_exported_from_the_losses_package():
+    from bundle import losses
+
+    assert losses.MINDSSCLoss is MINDSSCLoss and losses.mind_ssc is mind_ssc
