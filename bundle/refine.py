@@ -96,6 +96,8 @@ class InstanceRefiner:
         lncc_kernel: LNCC window (rectangular; MONAI's Gaussian window is wrong above 3).
         samples: voxels per level at which the ``"mi"`` and ``"mind"`` similarities are
             evaluated (a fixed random subset of each level's grid); 0 evaluates every voxel.
+        velocity_upsample: refine the velocity on a grid this many times finer than the
+            network's (its start upsampled, vectors scaled); 1 keeps the network's grid.
         multistart: also start the affine stage from the identity (the initialisation alone)
             and keep whichever start reaches the better coarse similarity; start the velocity
             stage from zero instead of the network's field when that has the lower objective.
@@ -117,6 +119,7 @@ class InstanceRefiner:
         num_bins: int = 32,
         lncc_kernel: int = 5,
         samples: int = 0,
+        velocity_upsample: int = 1,
         multistart: bool = True,
         enabled: bool = True,
     ):
@@ -136,6 +139,9 @@ class InstanceRefiner:
         self.samples = int(samples)
         if self.samples < 0:
             raise ValueError(f"samples must be >= 0 (0: every voxel), got {samples}")
+        self.velocity_upsample = int(velocity_upsample)
+        if self.velocity_upsample < 1:
+            raise ValueError(f"velocity_upsample must be >= 1 (1: the network's grid), got {velocity_upsample}")
         self.multistart = as_bool(multistart, "multistart")
         self.enabled = as_bool(enabled, "refine")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
@@ -315,11 +321,19 @@ class InstanceRefiner:
         }
         return theta0 if reverted else theta
 
+    def finer_velocity(self, velocity: torch.Tensor, size_full) -> torch.Tensor:
+        """``velocity`` on a grid :attr:`velocity_upsample` times finer (at most the network grid), in its voxels."""
+        size = tuple(min(n * self.velocity_upsample, full) for n, full in zip(velocity.shape[2:], size_full))
+        if size == tuple(velocity.shape[2:]):
+            return velocity
+        return field_to_ddf(velocity, size)  # trilinear, vectors scaled to the finer voxels
+
     def _refine_velocity(self, moving, fixed, synth, theta, velocity0, integrate, stats) -> torch.Tensor:
         if not any(self.deformable_iterations):
             return velocity0
         t0 = time.perf_counter()
         dims = moving.ndim - 2
+        network_velocity, velocity0 = velocity0, self.finer_velocity(velocity0, tuple(moving.shape[2:]))
         loss_fn = self.similarity_loss(self.deformable_similarity, dims)
         pyramid = self._pyramid(self.deformable_similarity, moving, fixed, synth)
         velocity = velocity0.clone().requires_grad_(True)
@@ -354,4 +368,6 @@ class InstanceRefiner:
             "iterations": sum(v["iterations"] for v in levels), "objective_before": before, "objective_after": min(before, after),
             "reverted": reverted, "seconds": time.perf_counter() - t0,
         }
-        return velocity0 if reverted else velocity.detach()
+        if reverted:
+            return network_velocity if start_from == "network" else velocity0
+        return velocity.detach()
