@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cli import as_bool
-from .fields import affine_to_ddf, compose_ddf
+from .fields import affine_to_ddf, compose_affine_ddf
 from .losses.mind import MINDSSCLoss, mind_ssc
 from .losses.mutual_information import SparseMutualInformationLoss
 from .losses.regularisers import Diffusion
@@ -145,7 +145,6 @@ class InstanceRefiner:
         self.multistart = as_bool(multistart, "multistart")
         self.enabled = as_bool(enabled, "refine")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
-        self.field_warp = Warp(mode="bilinear", padding_mode="border")
         self.smoothness = Diffusion()
 
     @property
@@ -205,8 +204,9 @@ class InstanceRefiner:
     def _deformable_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None, theta, integrate):
         """``velocity -> loss`` of ``src`` warped by the velocity's map, then ``theta``, against ``tgt``."""
         if sampler is None:
-            size = tuple(src.shape[2:])
-            return lambda v: loss_fn(self.warp(src, self._deformable_ddf(theta, v, integrate, factor, size)), tgt)
+            size, scaled = tuple(src.shape[2:]), self._scaled(theta, factor)
+            ddf_aff = affine_to_ddf(scaled, size).detach()  # the affine is fixed in this stage: one field per level
+            return lambda v: loss_fn(self.warp(src, compose_affine_ddf(scaled, ddf_aff, field_to_ddf(v, size, integrate))), tgt)
         values, scaled = sampler.values(tgt), self._scaled(theta, factor)
 
         def objective(v):
@@ -245,10 +245,6 @@ class InstanceRefiner:
     def _affine_ddf(self, theta: torch.Tensor, factor: int, size) -> torch.Tensor:
         return affine_to_ddf(self._scaled(theta, factor), size)
 
-    def _deformable_ddf(self, theta, velocity, integrate, factor, size) -> torch.Tensor:
-        ddf_aff = self._affine_ddf(theta, factor, size)
-        return compose_ddf(ddf_aff, field_to_ddf(velocity, size, integrate), self.field_warp)
-
     def refine(
         self, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, velocity: torch.Tensor, integrate=None, synth=None, starts=(),
     ) -> RefinementResult:
@@ -279,7 +275,7 @@ class InstanceRefiner:
     def _result(self, theta, velocity, integrate, size, stats) -> RefinementResult:
         with torch.no_grad():
             ddf_aff = affine_to_ddf(theta, size)
-            ddf = compose_ddf(ddf_aff, field_to_ddf(velocity, size, integrate), self.field_warp)
+            ddf = compose_affine_ddf(theta, ddf_aff, field_to_ddf(velocity, size, integrate))
         return RefinementResult(theta, velocity, ddf, ddf_aff, stats)
 
     def _refine_affine(self, moving, fixed, synth, theta0, stats, starts=()) -> torch.Tensor:

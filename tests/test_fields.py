@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from bundle.fields import (
+    affine_to_ddf,
     apply_affine,
+    compose_affine_ddf,
     compose_ddf,
     inverse_consistency_mm,
     invert_displacement,
@@ -35,6 +37,24 @@ def test_fixed_point_inverse_composes_to_the_identity():
     residual = compose_ddf(u, v, Warp(mode="bilinear", padding_mode="border"))  # x + v(x), then u
     inner = residual[:, :, 3:-3, 3:-3, 3:-3].abs().max()
     assert inner < 0.05, f"|u(x + v(x)) + v(x)| up to {float(inner):.3f} voxels"
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_exact_affine_composition_equals_resampling_inside_and_extends_the_affine_outside(dims):
+    from monai.networks.blocks import Warp
+
+    shape = (20, 18, 16)[:dims]
+    theta = torch.cat([torch.eye(dims) + 0.05 * torch.randn(dims, dims, generator=torch.Generator().manual_seed(1)),
+                       torch.tensor([1.5, -2.0, 0.5][:dims]).view(dims, 1)], 1)[None]
+    first = affine_to_ddf(theta, shape)
+    second = _smooth_field(shape, amplitude=1.0)
+    exact = compose_affine_ddf(theta, first, second)
+    resampled = compose_ddf(first, second, Warp(mode="bilinear", padding_mode="border"))
+    inner = tuple(slice(2, -2) for _ in shape)  # where x + second(x) stays on the grid, bilinear is exact for a linear field
+    torch.testing.assert_close(exact[(..., *inner)], resampled[(..., *inner)], atol=1e-4, rtol=0)
+    # everywhere, also where x + second(x) leaves the grid: second(x) + first(x) + (M - I) second(x)
+    expected = second + first + torch.einsum("ij,bj...->bi...", theta[0, :, :dims] - torch.eye(dims), second)
+    torch.testing.assert_close(exact, expected, atol=1e-5, rtol=0)
 
 
 def test_inverse_consistency_of_an_exact_affine_pair_is_zero():

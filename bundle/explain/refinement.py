@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..fields import affine_to_ddf, centered_grid, compose_ddf
+from ..fields import affine_to_ddf, centered_grid, compose_affine_ddf
 from ..networks.deformable_head import field_to_ddf
 from ..refine import InstanceRefiner
 from .gradcam import Explanation
@@ -77,7 +77,7 @@ def refinement_explanations(
             f"share of each voxel in d{refiner.affine_similarity.upper()}/d{name} at the network's affine (sum = the gradient)",
             share.sum(dim=tuple(range(1, dims + 2))), share.abs(), "similarity_gradient",
         ))
-    ddf = compose_ddf(affine_to_ddf(theta_refined, size), field_to_ddf(velocity_start, size, integrate), refiner.field_warp)
+    ddf = compose_affine_ddf(theta_refined, affine_to_ddf(theta_refined, size), field_to_ddf(velocity_start, size, integrate))
     value, g = _similarity_and_force(refiner, refiner.deformable_similarity, moving, fixed, synth, ddf)
     out.append(Explanation(
         "refine_deformable", "similarity", "force_magnitude",
