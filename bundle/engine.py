@@ -131,6 +131,22 @@ def attach_resume(trainer, ckpt_dir: str, load_dict: dict, pattern: str = "last_
     return None
 
 
+def attach_time_limit(trainer, seconds: float | None):
+    """Stop ``trainer`` after ``seconds`` of wall time (Ignite's ``TimeLimit``); ``None`` or 0: no limit.
+
+    The run ends as if its epochs were done: ``Events.COMPLETED`` fires, so the checkpoint
+    saver's ``save_final`` writes the final state, and the next run resumes from it.
+    """
+    if not seconds or float(seconds) <= 0:
+        return None
+    from ignite.engine import Events
+    from ignite.handlers import TimeLimit
+
+    handler = TimeLimit(limit_sec=max(1, int(round(float(seconds)))))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
+    return handler
+
+
 def _readable_checkpoint(path: str) -> bool:
     try:
         torch.load(path, map_location="cpu", weights_only=True)

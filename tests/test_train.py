@@ -69,3 +69,23 @@ def test_training_on_synthesised_pairs_generalises_to_template_pairs(tmp_path):
         timeout=900,
     )
     _assert_learned(tmp_path, proc.stderr + proc.stdout, min_iterations=350, loss_drop=0.1, dice_gain=0.03)
+
+
+def test_time_limit_stops_training_saves_the_final_state_and_resumes(tmp_path):
+    """``--time_limit_s``: a 1000-epoch run on 2 synthesised pairs per epoch stops after ~6 s with its final checkpoint;
+    the same command resumes from it (here with 2 loader workers, which draw new pairs each epoch)."""
+    args = [
+        "run", "--config_file", composed("train.json"), "--bundle_root", str(tmp_path),
+        "--spatial_dims", "2", "--spacing_mm", "4.0", "--sample_dir", str(tmp_path / "sample"),
+        "--sample_pairs", json.dumps({"n_train": 0, "n_val": 1, "n_test": 0}),
+        "--training_data", "@synth#dataset", "--synth#pairs_per_epoch", "2", "--train#dataloader#num_workers", "2",
+        "--train#trainer#max_epochs", "1000", "--val_interval", "1000", "--time_limit_s", "6",
+    ]
+    run_bundle(*args, timeout=300)
+    last = sorted((tmp_path / "models").glob("last_*.pt"))
+    assert last, list((tmp_path / "models").iterdir())
+    first = torch.load(last[-1], weights_only=True)["trainer"]
+    assert 0 < first["iteration"] < 1000 * 2  # stopped by the limit, not by max_epochs
+    run_bundle(*args, timeout=300)
+    second = torch.load(sorted((tmp_path / "models").glob("last_*.pt"))[-1], weights_only=True)["trainer"]
+    assert second["iteration"] > first["iteration"]  # resumed, not restarted

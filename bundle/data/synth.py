@@ -230,6 +230,9 @@ class SynthPairDataset(torch.utils.data.Dataset):
 
     Item ``i`` on its ``k``-th request is ``generator((seed, i, k))``; with the same seed and
     the same sequence of requests (as a seeded training run makes) the data are identical.
+    In a ``DataLoader`` worker the request counts live in the worker's copy and restart with
+    every epoch's workers, so there the worker's seed (new each epoch, drawn from the main
+    process's seeded generator) joins the key: ``generator((seed, i, k, worker_seed))``.
     Keyword arguments go to :class:`SynthPairGenerator`.
     """
 
@@ -244,4 +247,6 @@ class SynthPairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         draw = self._draws[index]
         self._draws[index] += 1
-        return self.generator((self.seed, int(index), draw))
+        worker = torch.utils.data.get_worker_info()
+        key = (self.seed, int(index), draw) if worker is None else (self.seed, int(index), draw, int(worker.seed))
+        return self.generator(key)

@@ -77,3 +77,16 @@ def test_dataset_draws_new_pairs_each_epoch_reproducibly():
     assert torch.equal(epoch1[0], second[0]["fixed"]) and torch.equal(epoch2[0], second[0]["fixed"])
     with pytest.raises(ValueError, match="spatial_dims"):
         SynthPairGenerator(spatial_dims=4)
+
+
+def _epochs(seed: int, workers: int, epochs: int = 2) -> list[list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(SynthPairDataset(length=2, seed=1, spatial_dims=2, spacing_mm=4.0), batch_size=1, num_workers=workers)
+    return [[batch["fixed"] for batch in loader] for _ in range(epochs)]
+
+
+def test_dataloader_workers_draw_new_pairs_each_epoch_reproducibly():
+    """Worker processes restart every epoch with fresh request counts; their seeds keep the pairs new."""
+    first, again = _epochs(0, workers=2), _epochs(0, workers=2)
+    assert not torch.equal(first[0][0], first[1][0]) and not torch.equal(first[0][1], first[1][1])
+    assert all(torch.equal(a, b) for e1, e2 in zip(first, again) for a, b in zip(e1, e2))  # same torch seed: same data
