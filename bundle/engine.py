@@ -8,6 +8,8 @@ so every MONAI/Ignite handler (stats, TensorBoard, checkpoints, validation) work
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -118,7 +120,6 @@ def attach_resume(trainer, ckpt_dir: str, load_dict: dict, pattern: str = "last_
     path or ``None`` when starting fresh.
     """
     import glob
-    import logging
     import os
 
     from monai.handlers import CheckpointLoader
@@ -131,8 +132,33 @@ def attach_resume(trainer, ckpt_dir: str, load_dict: dict, pattern: str = "last_
     return None
 
 
-def attach_time_limit(trainer, seconds: float | None):
-    """Stop ``trainer`` after ``seconds`` of wall time (Ignite's ``TimeLimit``); ``None`` or 0: no limit.
+class WallTimeLimit:
+    """Ignite handler: terminate the engine once ``seconds`` of wall time have passed since its creation.
+
+    Like Ignite's ``TimeLimit``, but in a distributed run every rank stops at the same
+    iteration: the ranks all-reduce their "time is up" flags (maximum) each iteration, so no
+    rank leaves while the others wait in the next gradient all-reduce.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.start = time.monotonic()
+
+    def __call__(self, engine) -> None:
+        stop = time.monotonic() - self.start >= self.seconds
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+            flag = torch.tensor([float(stop)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            logging.getLogger(__name__).info(f"time limit of {self.seconds:g} s reached: stopping after iteration {engine.state.iteration}")
+            engine.terminate()
+
+
+def attach_time_limit(trainer, seconds: float | None) -> WallTimeLimit | None:
+    """Stop ``trainer`` after ``seconds`` of wall time (:class:`WallTimeLimit`); ``None`` or 0: no limit.
 
     The run ends as if its epochs were done: ``Events.COMPLETED`` fires, so the checkpoint
     saver's ``save_final`` writes the final state, and the next run resumes from it.
@@ -140,9 +166,8 @@ def attach_time_limit(trainer, seconds: float | None):
     if not seconds or float(seconds) <= 0:
         return None
     from ignite.engine import Events
-    from ignite.handlers import TimeLimit
 
-    handler = TimeLimit(limit_sec=max(1, int(round(float(seconds)))))
+    handler = WallTimeLimit(seconds)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
     return handler
 

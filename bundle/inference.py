@@ -32,7 +32,7 @@ from .cli import as_bool
 from .data.datalist import read_datalist
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
 from .fields import apply_affine, inverse_consistency_mm, invert_displacement, jacobian_determinant, ras_to_lps, theta_to_world
-from .initialise import centre_of_mass_translation, check_network_size, check_overlap
+from .initialise import centre_of_mass_translation, check_network_grid, check_network_size, check_overlap
 from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
 from .itk_transforms import affine_step, field_step, save_composite_transform
 from .metrics import dice_per_label
@@ -178,6 +178,7 @@ class PairRegistrar:
         check_network_size(moving.shape, moving_affine, self.spacing_mm, self.size_divisor, names[1])
         t_init = self.initial_translation(fixed, fixed_affine, moving, moving_affine, names)
         m, f, net_affine, net_shape = self.to_network_grid(fixed, fixed_affine, moving, moving_affine, t_init)
+        check_network_grid(net_shape, self.size_divisor, names[0])
         m, f = m.to(self.device), f.to(self.device)
         refiner = self.refiner
         if refine and refiner is None:

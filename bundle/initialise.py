@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from .resample import physical_extent
 
-__all__ = ["intensity_centre_mm", "centre_of_mass_translation", "check_overlap", "check_network_size"]
+__all__ = ["intensity_centre_mm", "centre_of_mass_translation", "check_overlap", "check_network_size", "check_network_grid"]
 
 
 def intensity_centre_mm(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -65,9 +65,7 @@ def check_network_size(shape: Sequence[int], affine: np.ndarray, spacing_mm: flo
     """Raise a one-line ``ValueError`` when an image spans fewer than ``min_voxels`` network voxels on an axis.
 
     The network's pyramid halves the grid ``log2(size_divisor)`` times; an image smaller than one
-    coarsest cell would be almost all padding there, and the affine head would see nothing. An
-    image of exactly one coarsest cell is refused too: instance normalisation needs more than one
-    element there.
+    coarsest cell would be almost all padding there, and the affine head would see nothing.
     """
     lo, hi = physical_extent(affine, shape)
     n = np.floor((hi - lo) / spacing_mm + 1e-6).astype(int) + 1
@@ -76,8 +74,16 @@ def check_network_size(shape: Sequence[int], affine: np.ndarray, spacing_mm: flo
             f"{name}: image too small for the network: it spans {'x'.join(str(int(v)) for v in n)} voxels at "
             f"{spacing_mm:g} mm, the network's pyramid needs at least {min_voxels} per axis"
         )
-    if (n <= min_voxels).all():
+
+
+def check_network_grid(net_shape: Sequence[int], divisor: int, name: str = "fixed") -> None:
+    """Raise a one-line ``ValueError`` when the network grid (of the fixed image) is one coarsest cell.
+
+    Instance normalisation needs more than one element at the coarsest level, so at least one
+    axis of the padded grid must exceed ``divisor``.
+    """
+    if all(int(v) <= divisor for v in net_shape):
         raise ValueError(
-            f"{name}: image too small for the network: it spans {'x'.join(str(int(v)) for v in n)} voxels at "
-            f"{spacing_mm:g} mm, the network's pyramid needs more than {min_voxels} along at least one axis"
+            f"{name}: image too small for the network: its network grid is {'x'.join(str(int(v)) for v in net_shape)} voxels, "
+            f"the network's pyramid needs more than {divisor} along at least one axis"
         )

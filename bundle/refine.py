@@ -52,7 +52,7 @@ class RefinementResult:
 
     Attributes:
         theta: ``(B, dims, dims + 1)`` refined affine (centred voxel coordinates).
-        velocity: refined velocity field on the deformable head's grid.
+        velocity: refined velocity field: on the deformable head's grid, or finer with ``velocity_upsample`` (unless reverted).
         ddf: composed displacement on the full network grid (voxel units).
         ddf_affine: displacement of the refined affine alone.
         stats: per stage: iterations per level, similarity before/after, seconds, reverted.

@@ -28,7 +28,7 @@ class ScaleIntensityRangePercentilesOrMinMax(ScaleIntensityRangePercentiles):
 
     def _normalize(self, img):
         a_min, a_max = float(percentile(img, self.lower)), float(percentile(img, self.upper))
-        if a_max <= a_min:  # the percentile range collapsed: fall back to the full range
+        if a_max == a_min:  # the percentile range collapsed: fall back to the full range
             a_min, a_max = float(img.min()), float(img.max())
         b_min, b_max = self.b_min, self.b_max
         if self.relative:

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 rm -rf .device && mkdir -p .device/whl .device/site/spm_runtime/_spm
 # versions from constraints.txt; the device image has torch, numpy, scipy, scikit-learn, pandas, matplotlib, tensorboard
-pkgs=$(grep -E '^(monai|pytorch-ignite|nibabel|captum|nilearn)==' constraints.txt | sed 's/ *#.*//')
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 --platform any -d .device/whl $pkgs
+# (fire + termcolor: monai.bundle's command line; isal: the project's fast .nii.gz writing)
+pkgs=$(grep -E '^(monai|pytorch-ignite|nibabel|captum|nilearn|fire|termcolor|isal)==' constraints.txt | sed 's/ *#.*//')
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+    -d .device/whl $pkgs "termcolor==$("$PY" -c "import importlib.metadata as m; print(m.version('termcolor'))")"
 # a stand-in spm_runtime package holding only the archive members bundle/data/templates.py reads
 "$PY" - <<'PYEOF'
 import zipfile

@@ -173,3 +173,58 @@ def test_evaluator_scores_only_the_listed_labels():
     assert out["pred"].shape == (1, 2, *SIZE)
     assert evaluator.state.metrics["dice"] == pytest.approx(_dice_of_shift(2)[2], abs=1e-6)
 
+
+
+def test_wall_time_limit_terminates_and_completes():
+    from ignite.engine import Engine
+
+    from bundle.engine import attach_time_limit
+
+    engine = Engine(lambda e, b: None)
+    completed = []
+    engine.add_event_handler(Events.COMPLETED, lambda e: completed.append(e.state.iteration))
+    assert attach_time_limit(engine, None) is None and attach_time_limit(engine, 0) is None
+    attach_time_limit(engine, 1e-9)  # already over: stops after the first iteration
+    engine.run(range(10), max_epochs=100)
+    assert engine.state.iteration == 1 and completed == [1]  # COMPLETED fires: save_final checkpoints run
+
+
+def _rank(rank: int, port: int, queue) -> None:
+    import os
+
+    from ignite.engine import Engine
+
+    from bundle.engine import WallTimeLimit
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+
+    def step(engine, batch):  # every iteration synchronises, as a gradient all-reduce does
+        t = torch.ones(1)
+        torch.distributed.all_reduce(t)
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, WallTimeLimit(0.0 if rank == 0 else 1e9))  # only rank 0's time is up
+    engine.run(range(5), max_epochs=20)
+    queue.put((rank, engine.state.iteration))
+    torch.distributed.destroy_process_group()
+
+
+def test_wall_time_limit_stops_every_rank_at_the_same_iteration():
+    """Rank 0's clock runs out, rank 1's never does: both stop after iteration 1 instead of rank 1 hanging."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    assert sorted(queue.get(timeout=5) for _ in range(2)) == [(0, 1), (1, 1)]

@@ -148,6 +148,12 @@ def test_register_arrays_refuses_bad_requests():
         reg.register_arrays(fixed, FIXED_AFFINE, fixed, MOVING_AFFINE, refine=True)
     with pytest.raises(ValueError, match="^small: image too small for the network: it spans 4x20 voxels"):
         reg.register_arrays(fixed[:4], FIXED_AFFINE, fixed, MOVING_AFFINE, names=("small", "moving"))
+    d = reg.size_divisor  # a fixed image of exactly one coarsest network cell: refused before instance norm fails
+    cell = np.zeros((d, d), dtype=np.float32)
+    cell[d // 4: 3 * d // 4, d // 4: 3 * d // 4] = 1.0
+    with pytest.raises(ValueError, match=rf"^cell: image too small for the network: its network grid is {d}x{d} voxels"):
+        reg.register_arrays(cell, FIXED_AFFINE, fixed, MOVING_AFFINE, names=("cell", "moving"))
+    reg.register_arrays(fixed, FIXED_AFFINE, cell, MOVING_AFFINE)  # a moving image that small is fine: the fixed sets the grid
 
 
 def test_existing_results_are_kept_unless_overwrite(tmp_path):

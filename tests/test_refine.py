@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.networks.blocks import DVF2DDF, Warp
 
-from bundle.initialise import centre_of_mass_translation, check_network_size, check_overlap
+from bundle.initialise import centre_of_mass_translation, check_network_grid, check_network_size, check_overlap
 from bundle.losses.mind import MINDSSCLoss, mind_ssc
 from bundle.networks.affine_head import affine_to_ddf
 from bundle.refine import InstanceRefiner
@@ -163,9 +163,10 @@ def test_overlap_and_size_checks_name_the_files():
     check_overlap(a, (40, 40, 40), a, (40, 40, 40))
     with pytest.raises(ValueError, match=r"^mov.nii and fix.nii: the images do not overlap in physical space \(x:"):
         check_overlap(a, (40, 40, 40), b, (40, 40, 40), ("fix.nii", "mov.nii"))
-    check_network_size((16, 16, 17), a, 2.0, 16)
-    with pytest.raises(ValueError, match=r"^cube.nii: image too small for the network: it spans 16x16x16 voxels .* more than 16 along at least one axis$"):
-        check_network_size((16, 16, 16), a, 2.0, 16, "cube.nii")  # one coarsest cell: instance normalisation fails there
+    check_network_size((16, 16, 16), a, 2.0, 16)
+    check_network_grid((16, 16, 32), 16)
+    with pytest.raises(ValueError, match=r"^cube.nii: image too small for the network: its network grid is 16x16x16 voxels, .* more than 16 along at least one axis$"):
+        check_network_grid((16, 16, 16), 16, "cube.nii")  # one coarsest cell: instance normalisation fails there
     with pytest.raises(ValueError, match=r"^tiny.nii: image too small for the network: it spans 16x16x4 voxels"):
         check_network_size((16, 16, 4), a, 2.0, 16, "tiny.nii")
 

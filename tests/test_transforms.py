@@ -105,7 +105,7 @@ def _scalings(**kw):
     return ScaleIntensityRangePercentilesOrMinMax(**args), ScaleIntensityRangePercentiles(**args)
 
 
-@pytest.mark.parametrize("kw", [{}, {"relative": True}, {"clip": False}, {"channel_wise": True}])
+@pytest.mark.parametrize("kw", [{}, {"relative": True}, {"clip": False}, {"channel_wise": True}, {"lower": 99.5, "upper": 0.5}])
 def test_scaling_equals_monai_where_the_percentiles_differ(kw):
     img = torch.rand(2, 20, 24, generator=torch.Generator().manual_seed(3)) ** 2 * 300.0
     ours, monai_scaling = _scalings(**kw)
