@@ -27,8 +27,8 @@ import torch
 from monai.networks.blocks import Warp
 
 __all__ = [
-    "centered_grid", "affine_to_ddf", "compose_ddf", "compose_affine_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine", "invert_displacement", "inside_grid",
-    "inverse_consistency_mm",
+    "centered_grid", "affine_to_ddf", "compose_ddf", "compose_affine_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine",
+    "invert_displacement", "inside_grid", "inverse_consistency_mm",
     "check_ddf", "as_float", "linear_part", "spacing_from_affine", "jacobian_determinant",
 ]
 

@@ -165,7 +165,7 @@ def test_overlap_and_size_checks_name_the_files():
         check_overlap(a, (40, 40, 40), b, (40, 40, 40), ("fix.nii", "mov.nii"))
     check_network_size((16, 16, 16), a, 2.0, 16)
     check_network_grid((16, 16, 32), 16)
-    with pytest.raises(ValueError, match=r"^cube.nii: image too small for the network: its network grid is 16x16x16 voxels, .* more than 16 along at least one axis$"):
+    with pytest.raises(ValueError, match=r"^cube.nii: image too small for the network: its network grid is 16x16x16 voxels, .* more than 16 along"):
         check_network_grid((16, 16, 16), 16, "cube.nii")  # one coarsest cell: instance normalisation fails there
     with pytest.raises(ValueError, match=r"^tiny.nii: image too small for the network: it spans 16x16x4 voxels"):
         check_network_size((16, 16, 4), a, 2.0, 16, "tiny.nii")
