@@ -81,11 +81,13 @@ def test_time_limit_stops_training_saves_the_final_state_and_resumes(tmp_path):
         "--training_data", "@synth#dataset", "--synth#pairs_per_epoch", "2", "--train#dataloader#num_workers", "2",
         "--train#trainer#max_epochs", "1000", "--val_interval", "1000", "--time_limit_s", "6",
     ]
+    def newest() -> dict:  # by time: file names hold iteration numbers, which do not sort as text ("10" < "7")
+        files = list((tmp_path / "models").glob("last_*.pt"))
+        assert files, list((tmp_path / "models").iterdir())
+        return torch.load(max(files, key=lambda f: f.stat().st_mtime_ns), weights_only=True)["trainer"]
+
     run_bundle(*args, timeout=300)
-    last = sorted((tmp_path / "models").glob("last_*.pt"))
-    assert last, list((tmp_path / "models").iterdir())
-    first = torch.load(last[-1], weights_only=True)["trainer"]
+    first = newest()
     assert 0 < first["iteration"] < 1000 * 2  # stopped by the limit, not by max_epochs
     run_bundle(*args, timeout=300)
-    second = torch.load(sorted((tmp_path / "models").glob("last_*.pt"))[-1], weights_only=True)["trainer"]
-    assert second["iteration"] > first["iteration"]  # resumed, not restarted
+    assert newest()["iteration"] > first["iteration"]  # resumed, not restarted
