@@ -29,8 +29,8 @@ def ensure_sample_datalist(output_dir: str | os.PathLike, **kwargs) -> str:
         defaults = {k: p.default for k, p in inspect.signature(write_sample_data).parameters.items() if p.default is not p.empty}
         wanted = {**defaults, **kwargs}  # an omitted argument means its default, not "anything"
         sizes = {"n_train": "training", "n_val": "validation", "n_test": "test"}
-        same = all(existing.get(k) == wanted[k] for k in ("spatial_dims", "spacing_mm", "seed") if k in wanted)
-        same = same and all(len(existing.get(s, [])) == wanted[k] for k, s in sizes.items() if k in wanted)
+        same = all(existing.get(k) == wanted[k] for k in ("spatial_dims", "spacing_mm", "seed"))
+        same = same and all(len(existing.get(s, [])) == wanted[k] for k, s in sizes.items())
         if same:
             return str(path)
     return str(write_sample_data(output_dir, **kwargs))
