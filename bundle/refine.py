@@ -12,9 +12,12 @@ SynthMorph pipelines. On the network grid (voxel units, MONAI ``Warp`` conventio
 Similarities (``"mi"``, ``"lncc"``, ``"mind"``): the project's Mattes mutual information on
 intensities; MONAI LNCC between the *synthesised* moving image (rendered in the fixed contrast
 by the network's decoder) and the fixed one, the FIRE idea; MIND-SSC descriptors compared by
-SSD. With ``samples``, MI and MIND are evaluated at that many voxels of each level (a fixed
-random subset, :class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a
-full-resolution level costs what a coarse one does. Each level stops early when the objective
+SSD. The affine stage's MI or MIND is evaluated only inside the fixed image's foreground
+(intensity above ``affine_foreground``), as a fixed-image mask in elastix and ANTs: the empty
+background otherwise pulls the affine optimum millimetres away from the anatomy's. With ``samples``, they are evaluated at
+that many voxels of each level's foreground (a fixed random subset,
+:class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a full-resolution
+level costs what a coarse one does. Each level stops early when the objective
 has not improved by ``tolerance`` (relative) for ``patience`` iterations, keeps its best
 parameters, and a stage whose result is worse than its start at the finest level is reverted,
 so refinement never lowers the objective it optimises.
@@ -87,15 +90,18 @@ class InstanceRefiner:
         deformable_iterations: Adam iterations of the velocity stage, per level; 0 skips it.
         affine_similarity, deformable_similarity: ``"mi"``, ``"lncc"`` or ``"mind"`` (see module).
         affine_lr: Adam step of the affine parameters (matrix entries; translations as fractions
-            of the half image size).
+            of the half image size), per level (a float: every level).
         velocity_lr: Adam step of the velocity, in voxels of its grid.
         regularisation: weight of the diffusion energy of the velocity.
         tolerance: relative improvement below which an iteration does not count as progress.
         patience: iterations without progress before a level stops.
         num_bins: MI histogram bins.
         lncc_kernel: LNCC window (rectangular; MONAI's Gaussian window is wrong above 3).
+        affine_foreground, deformable_foreground: per stage, the ``"mi"`` and ``"mind"`` similarities
+            are evaluated only where the fixed image (in [0, 1], pooled to the level) exceeds this
+            intensity; 0 evaluates every voxel.
         samples: voxels per level at which the ``"mi"`` and ``"mind"`` similarities are
-            evaluated (a fixed random subset of each level's grid); 0 evaluates every voxel.
+            evaluated (a fixed random subset of each level's foreground); 0 evaluates all of them.
         velocity_upsample: refine the velocity on a grid this many times finer than the
             network's (its start upsampled, vectors scaled); 1 keeps the network's grid.
         multistart: also start the affine stage from the identity (the initialisation alone)
@@ -111,13 +117,15 @@ class InstanceRefiner:
         deformable_iterations: int | Sequence[int] = 50,
         affine_similarity: str = "mi",
         deformable_similarity: str = "mind",
-        affine_lr: float = 0.005,
+        affine_lr: float | Sequence[float] = 0.005,
         velocity_lr: float = 0.05,
         regularisation: float = 1.0,
         tolerance: float = 1e-4,
         patience: int = 20,
         num_bins: int = 32,
         lncc_kernel: int = 5,
+        affine_foreground: float = 0.1,
+        deformable_foreground: float = 0.0,
         samples: int = 0,
         velocity_upsample: int = 1,
         multistart: bool = True,
@@ -132,10 +140,15 @@ class InstanceRefiner:
             if name not in SIMILARITIES:
                 raise ValueError(f"similarity must be one of {SIMILARITIES}, got {name!r}")
         self.affine_similarity, self.deformable_similarity = affine_similarity, deformable_similarity
-        self.affine_lr, self.velocity_lr = float(affine_lr), float(velocity_lr)
+        self.affine_lr = [float(v) for v in _per_level(affine_lr, len(self.levels), "affine_lr")]
+        self.velocity_lr = float(velocity_lr)
         self.regularisation = float(regularisation)
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
+        self.affine_foreground, self.deformable_foreground = float(affine_foreground), float(deformable_foreground)
+        for value in (self.affine_foreground, self.deformable_foreground):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"foreground must be an intensity in [0, 1) (0: every voxel), got {value}")
         self.samples = int(samples)
         if self.samples < 0:
             raise ValueError(f"samples must be >= 0 (0: every voxel), got {samples}")
@@ -178,13 +191,32 @@ class InstanceRefiner:
         """Per level: (source image to warp, target) for a similarity."""
         return [self.source_target(name, moving, fixed, synth, s) for s in self.levels]
 
-    def _samplers(self, name: str, pyramid) -> list[VoxelSample | None]:
-        """Per level, the voxels where the similarity is evaluated (``None``: all of them)."""
+    @staticmethod
+    def foreground_mask(name: str, fixed_level: torch.Tensor, threshold: float) -> torch.Tensor | None:
+        """Voxels ``(*S)`` of a level where similarity ``name`` is evaluated: the fixed image above
+        ``threshold`` (any of a batch); ``None`` for every voxel (0, LNCC, or under 8 foreground voxels)."""
+        if threshold <= 0 or name not in ("mi", "mind"):
+            return None
+        mask = (fixed_level > threshold).any(dim=0).any(dim=0)
+        return mask if int(mask.sum()) >= 8 else None
+
+    def level_loss(self, loss_fn, name: str, warped: torch.Tensor, target: torch.Tensor, fixed_level: torch.Tensor, threshold: float) -> torch.Tensor:
+        """``loss_fn`` of a warped source against its target over the level's foreground (:meth:`foreground_mask`)."""
+        mask = self.foreground_mask(name, fixed_level, threshold)
+        if mask is None:
+            return loss_fn(warped, target)
+        index = torch.nonzero(mask.reshape(-1), as_tuple=False)[:, 0]
+        return loss_fn(warped.flatten(2)[:, :, index], target.flatten(2)[:, :, index])
+
+    def _samplers(self, name: str, pyramid, fixed: torch.Tensor, threshold: float) -> list[VoxelSample | None]:
+        """Per level, the voxels where the similarity is evaluated (``None``: all of them, densely)."""
         out = []
-        for k, (src, _) in enumerate(pyramid):
+        for k, ((src, _), s) in enumerate(zip(pyramid, self.levels)):
             size = tuple(src.shape[2:])
-            sampled = self.samples and name in ("mi", "mind") and math.prod(size) > self.samples
-            out.append(VoxelSample(size, self.samples, seed=k, device=src.device, dtype=src.dtype) if sampled else None)
+            mask = self.foreground_mask(name, _pool(fixed, s), threshold)
+            n = self.samples if self.samples and name in ("mi", "mind") and math.prod(size) > self.samples else None
+            sampled = mask is not None or n is not None
+            out.append(VoxelSample(size, n, seed=k, device=src.device, dtype=src.dtype, mask=mask) if sampled else None)
         return out
 
     @staticmethod
@@ -285,14 +317,14 @@ class InstanceRefiner:
         pyramid = self._pyramid(self.affine_similarity, moving, fixed, synth)
         objectives = [
             self._affine_objective(loss_fn, src, tgt, s, sampler)
-            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.affine_similarity, pyramid))
+            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.affine_similarity, pyramid, fixed, self.affine_foreground))
         ]
         half = torch.as_tensor([s / 2.0 for s in moving.shape[2:]], dtype=theta0.dtype).view(1, dims, 1)
 
         def run_level(base, delta_m, delta_t, k):
             s, n = self.levels[k], self.affine_iterations[k]
             current = lambda: base + torch.cat([delta_m, delta_t * half], dim=2)  # noqa: E731
-            done, start, best = self._optimise([delta_m, delta_t], lambda: objectives[k](current()), n, self.affine_lr)
+            done, start, best = self._optimise([delta_m, delta_t], lambda: objectives[k](current()), n, self.affine_lr[k])
             return {"level": s, "iterations": done, "similarity_before": -start, "similarity_after": -best}
 
         # every start is optimised on the coarsest level; the best one goes on to the finer levels
@@ -337,7 +369,7 @@ class InstanceRefiner:
 
         similarities = [
             self._deformable_objective(loss_fn, src, tgt, s, sampler, theta, integrate)
-            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.deformable_similarity, pyramid))
+            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.deformable_similarity, pyramid, fixed, self.deformable_foreground))
         ]
 
         def objective_at(k, v):

@@ -21,7 +21,10 @@ __all__ = ["VoxelSample"]
 
 
 class VoxelSample:
-    """``n`` voxels of a grid of ``size``, drawn without replacement (all of them when ``n >= voxels``).
+    """``n`` voxels of a grid of ``size``, drawn without replacement (all of them when ``n`` is ``None`` or ``>=`` voxels).
+
+    With ``mask`` (a boolean array of ``size``), the voxels are drawn from the mask's ones only
+    (a fixed-image mask, as elastix and ANTs take).
 
     Attributes:
         size: the grid.
@@ -29,14 +32,19 @@ class VoxelSample:
         points: ``(N, dims)`` their voxel coordinates.
     """
 
-    def __init__(self, size: Sequence[int], n: int, seed: int = 0, device=None, dtype=torch.float32):
+    def __init__(self, size: Sequence[int], n: int | None, seed: int = 0, device=None, dtype=torch.float32, mask: torch.Tensor | None = None):
         self.size = tuple(int(s) for s in size)
-        total = math.prod(self.size)
-        if n >= total:
-            self.index = torch.arange(total, device=device)
+        if mask is None:
+            candidates = torch.arange(math.prod(self.size))
+        else:
+            if tuple(mask.shape) != self.size:
+                raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the grid {self.size}")
+            candidates = torch.nonzero(mask.reshape(-1).cpu(), as_tuple=False)[:, 0]
+        if n is None or n >= len(candidates):
+            self.index = candidates.to(device)
         else:
             gen = torch.Generator().manual_seed(int(seed))
-            self.index = torch.randperm(total, generator=gen)[: int(n)].sort().values.to(device)
+            self.index = candidates[torch.randperm(len(candidates), generator=gen)[: int(n)]].sort().values.to(device)
         coords, rest = [], self.index
         for s in reversed(self.size):
             coords.append(rest % s)

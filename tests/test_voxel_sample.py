@@ -49,3 +49,15 @@ def test_all_voxels_when_the_sample_is_larger_than_the_grid():
     torch.testing.assert_close(vs.sample(image, vs.points[None]), image.flatten(2))
     outside = vs.sample(image, vs.points[None] + 10.0)
     assert torch.all(outside == 0)
+
+
+def test_a_masked_sample_draws_from_the_mask_only():
+    mask = torch.zeros(6, 7, dtype=torch.bool)
+    mask[1:4, 2:6] = True  # 12 voxels
+    everything = VoxelSample((6, 7), None, mask=mask)
+    assert torch.equal(everything.index, torch.nonzero(mask.reshape(-1))[:, 0])
+    some = VoxelSample((6, 7), 5, seed=3, mask=mask)
+    assert len(some.index) == 5 and bool(mask.reshape(-1)[some.index].all())
+    assert torch.equal(VoxelSample((6, 7), 50, mask=mask).index, everything.index)
+    with pytest.raises(ValueError, match="does not match"):
+        VoxelSample((6, 8), None, mask=mask)

@@ -34,13 +34,16 @@ def affine_parameter_names(dims: int) -> list[tuple[int, int, str]]:
     return out + [(i, dims, f"translation_{_AXES[i]}") for i in range(dims)]
 
 
-def _similarity_and_force(refiner: InstanceRefiner, name: str, moving, fixed, synth, ddf: torch.Tensor):
-    """``S`` (higher is better) at ``ddf`` and its gradient with respect to ``ddf``."""
+def _similarity_and_force(refiner: InstanceRefiner, name: str, moving, fixed, synth, ddf: torch.Tensor, threshold: float, foreground_of=None):
+    """``S`` (higher is better) at ``ddf`` and its gradient with respect to ``ddf``.
+
+    ``S`` is evaluated where ``foreground_of`` (default ``fixed``) exceeds ``threshold``, as the refiner does.
+    """
     loss_fn = refiner.similarity_loss(name, moving.ndim - 2)
     src, tgt = refiner.source_target(name, moving, fixed, synth)
     with torch.enable_grad():
         u = ddf.detach().clone().requires_grad_(True)
-        s = -loss_fn(refiner.warp(src, u), tgt)
+        s = -refiner.level_loss(loss_fn, name, refiner.warp(src, u), tgt, fixed if foreground_of is None else foreground_of, threshold)
         (g,) = torch.autograd.grad(s, u)
     return float(s), g
 
@@ -70,7 +73,7 @@ def refinement_explanations(
     size = tuple(moving.shape[2:])
     dims = len(size)
     out = []
-    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta_start, size))
+    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta_start, size), refiner.affine_foreground)
     for _, _, name, share in _affine_shares(g):
         out.append(Explanation(
             "refine_affine", "similarity", name,
@@ -78,7 +81,7 @@ def refinement_explanations(
             share.sum(dim=tuple(range(1, dims + 2))), share.abs(), "similarity_gradient",
         ))
     ddf = compose_affine_ddf(theta_refined, affine_to_ddf(theta_refined, size), field_to_ddf(velocity_start, size, integrate))
-    value, g = _similarity_and_force(refiner, refiner.deformable_similarity, moving, fixed, synth, ddf)
+    value, g = _similarity_and_force(refiner, refiner.deformable_similarity, moving, fixed, synth, ddf, refiner.deformable_foreground)
     out.append(Explanation(
         "refine_deformable", "similarity", "force_magnitude",
         f"|d{refiner.deformable_similarity.upper()}/du| per voxel where the velocity refinement starts (value: the similarity)",
@@ -87,9 +90,9 @@ def refinement_explanations(
     return out
 
 
-def _affine_gradient(refiner: InstanceRefiner, moving, fixed, theta, synth=None) -> torch.Tensor:
+def _affine_gradient(refiner: InstanceRefiner, moving, fixed, theta, synth=None, foreground_of=None) -> torch.Tensor:
     """``dS/dtheta`` of the affine similarity (batch of one), the scalar each affine map explains."""
-    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta, moving.shape[2:]))
+    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta, moving.shape[2:]), refiner.affine_foreground, foreground_of)
     out = torch.zeros(g.shape[1], g.shape[1] + 1, dtype=g.dtype)
     for i, j, _, share in _affine_shares(g):
         out[i, j] = share.sum()
@@ -101,7 +104,9 @@ def refinement_deletion_check(
     fraction: float = 0.1, n_random: int = 5, sigma: float = 4.0, baseline: str = "voxels", seed: int = 0,
 ) -> dict[str, float]:
     """Deletion test of the ``refine_affine`` maps: blurring the most attributed voxels (both images)
-    must change the explained gradient more than blurring random ones of equal number.
+    must change the explained gradient more than blurring random ones of equal number. The
+    similarity keeps the unblurred fixed image's foreground, so that blurring changes the images,
+    not which voxels are compared.
 
     Args:
         refiner, moving, fixed, theta: as for :func:`refinement_explanations` (``theta``: the start).
@@ -125,7 +130,7 @@ def refinement_deletion_check(
         i, j = names[ex.target]
 
         def value(y, i=i, j=j):
-            return float(_affine_gradient(refiner, y[:, :1], y[:, 1:], theta)[i, j])
+            return float(_affine_gradient(refiner, y[:, :1], y[:, 1:], theta, foreground_of=fixed)[i, j])
 
         _, top, rand = deletion_changes(value, x, ex.attribution, k, sigma, (0, 1), n_random, baseline, gen, reference=float(base[i, j]))
         out[ex.target] = top / max(rand, 1e-12)
