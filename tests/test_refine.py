@@ -260,3 +260,11 @@ def test_foreground_ignores_what_lies_in_the_fixed_background(dims, n):
 def test_foreground_must_be_an_intensity():
     with pytest.raises(ValueError, match="foreground"):
         InstanceRefiner(affine_foreground=1.5)
+
+
+def test_affine_rate_per_level():
+    """One affine step for every level, or one per level; a list of the wrong length is refused."""
+    assert InstanceRefiner(levels=[4, 2, 1], affine_lr=0.01).affine_lr == [0.01] * 3
+    assert InstanceRefiner(levels=[2, 1], affine_lr=[0.01, 0.002]).affine_lr == [0.01, 0.002]
+    with pytest.raises(ValueError, match=r"affine_lr needs one value per level \(2\)"):
+        InstanceRefiner(levels=[2, 1], affine_lr=[0.01, 0.002, 0.001])
