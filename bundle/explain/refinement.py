@@ -92,7 +92,8 @@ def refinement_explanations(
 
 def _affine_gradient(refiner: InstanceRefiner, moving, fixed, theta, synth=None, foreground_of=None) -> torch.Tensor:
     """``dS/dtheta`` of the affine similarity (batch of one), the scalar each affine map explains."""
-    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, affine_to_ddf(theta, moving.shape[2:]), refiner.affine_foreground, foreground_of)
+    ddf = affine_to_ddf(theta, moving.shape[2:])
+    _, g = _similarity_and_force(refiner, refiner.affine_similarity, moving, fixed, synth, ddf, refiner.affine_foreground, foreground_of)
     out = torch.zeros(g.shape[1], g.shape[1] + 1, dtype=g.dtype)
     for i, j, _, share in _affine_shares(g):
         out[i, j] = share.sum()
