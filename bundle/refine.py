@@ -14,10 +14,10 @@ intensities; MONAI LNCC between the *synthesised* moving image (rendered in the 
 by the network's decoder) and the fixed one, the FIRE idea; MIND-SSC descriptors compared by
 SSD. The affine stage's MI or MIND is evaluated only inside the fixed image's foreground
 (intensity above ``affine_foreground``), as a fixed-image mask in elastix and ANTs: the empty
-background otherwise pulls the affine optimum millimetres away from the anatomy's. With ``samples``, they are evaluated at
-that many voxels of each level's foreground (a fixed random subset,
-:class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a full-resolution
-level costs what a coarse one does. Each level stops early when the objective
+background otherwise pulls the affine optimum millimetres away from the anatomy's. With
+``samples``, MI and MIND are evaluated at that many voxels of each level's foreground (a fixed
+random subset, :class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a
+full-resolution level costs what a coarse one does. Each level stops early when the objective
 has not improved by ``tolerance`` (relative) for ``patience`` iterations, keeps its best
 parameters, and a stage whose result is worse than its start at the finest level is reverted,
 so refinement never lowers the objective it optimises.
@@ -205,8 +205,8 @@ class InstanceRefiner:
         mask = self.foreground_mask(name, fixed_level, threshold)
         if mask is None:
             return loss_fn(warped, target)
-        index = torch.nonzero(mask.reshape(-1), as_tuple=False)[:, 0]
-        return loss_fn(warped.flatten(2)[:, :, index], target.flatten(2)[:, :, index])
+        inside = VoxelSample(tuple(mask.shape), None, device=warped.device, mask=mask)
+        return loss_fn(inside.values(warped), inside.values(target))
 
     def _samplers(self, name: str, pyramid, fixed: torch.Tensor, threshold: float) -> list[VoxelSample | None]:
         """Per level, the voxels where the similarity is evaluated (``None``: all of them, densely)."""

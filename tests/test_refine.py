@@ -15,10 +15,10 @@ from bundle.networks.affine_head import affine_to_ddf
 from bundle.refine import InstanceRefiner
 
 
-def _blobs(dims: int, n: int, seed: int = 0, cells: int | None = None) -> torch.Tensor:
-    """A smooth random image in [0, 1] with structure everywhere inside a disc/ball (``cells``: its texture's grid, default n / 4)."""
+def _blobs(dims: int, n: int, seed: int = 0) -> torch.Tensor:
+    """A smooth random image in [0, 1] with structure everywhere inside a disc/ball."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand((1, 1) + (cells or n // 4,) * dims, generator=g)
+    x = torch.rand((1, 1) + (n // 4,) * dims, generator=g)
     x = torch.nn.functional.interpolate(x, size=(n,) * dims, mode="bilinear" if dims == 2 else "trilinear", align_corners=False)
     axes = torch.meshgrid(*[torch.linspace(-1, 1, n)] * dims, indexing="ij")
     inside = (sum(a * a for a in axes) < 0.6).float()
