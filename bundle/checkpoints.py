@@ -11,7 +11,7 @@ renames it over the final name, and only then removes the file it supersedes.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import ignite.distributed as idist
 import torch
@@ -71,8 +71,11 @@ def _flatten(items: Iterable) -> list:
     return out
 
 
-def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
+def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu", exclude: Sequence[str] = ()) -> torch.nn.Module:
     """Load weights saved by the training config, refusing pickled code and foreign architectures.
+
+    ``exclude``: key prefixes (e.g. ``["affine_head."]``) skipped on both sides: those modules keep
+    their current weights, which lets a new head start from a checkpoint trained with another one.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -89,6 +92,10 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
         raise ValueError(f"{path}: not a weights-only checkpoint (refusing to run arbitrary code): {first}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if exclude:
+        prefixes = tuple(exclude)
+        state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+        state.update({k: v for k, v in network.state_dict().items() if k.startswith(prefixes)})
     before = {k: v.detach().clone() for k, v in network.state_dict().items()}
     try:
         network.load_state_dict(state, strict=True)

@@ -41,13 +41,20 @@ class RegistrationTrainer(SupervisedTrainer):
         moving_key, fixed_key: batch keys of the two images.
         bidirectional: train both directions (inverse consistency needs it).
         synthesis: run the synthesis decoders and cycle.
+        deformable: run the deformable stage (``False``: train the keypoint affine stage alone).
+        label_keys: batch keys of the moving and fixed label maps, passed to the loss (its
+            ``overlap`` term); ``None``: the loss sees the images only.
         All other arguments as in ``monai.engines.SupervisedTrainer``.
     """
 
-    def __init__(self, *args, moving_key: str = "moving", fixed_key: str = "fixed", bidirectional: bool = True, synthesis: bool = True, **kwargs):
+    def __init__(
+        self, *args, moving_key: str = "moving", fixed_key: str = "fixed", bidirectional: bool = True, synthesis: bool = True,
+        deformable: bool = True, label_keys: Sequence[str] | None = None, **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.moving_key, self.fixed_key = moving_key, fixed_key
-        self.bidirectional, self.synthesis = bidirectional, synthesis
+        self.bidirectional, self.synthesis, self.deformable = bidirectional, synthesis, deformable
+        self.label_keys = tuple(label_keys) if label_keys else ()
 
     def _iteration(self, engine, batchdata):
         if batchdata is None:
@@ -55,9 +62,10 @@ class RegistrationTrainer(SupervisedTrainer):
         moving, fixed = _pair(batchdata, engine.state.device, engine.non_blocking, (self.moving_key, self.fixed_key))
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        output = structured_forward(engine.network, moving, fixed, bidirectional=self.bidirectional, synthesis=self.synthesis)
+        labels = _pair(batchdata, engine.state.device, engine.non_blocking, self.label_keys) if self.label_keys else []
+        output = structured_forward(engine.network, moving, fixed, bidirectional=self.bidirectional, synthesis=self.synthesis, deformable=self.deformable)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        terms = engine.loss_function(output, moving, fixed)
+        terms = engine.loss_function(output, moving, fixed, *labels)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         terms["loss"].backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
@@ -76,6 +84,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
 
     Args:
         labels: label values scored (background excluded).
+        deformable: score the full registration (``False``: the keypoint affine stage alone).
         Keys and other arguments as in :class:`RegistrationTrainer` / ``SupervisedEvaluator``.
     """
 
@@ -87,17 +96,19 @@ class RegistrationEvaluator(SupervisedEvaluator):
         moving_label_key: str = "moving_label",
         fixed_label_key: str = "fixed_label",
         labels: Sequence[int] = (1, 2, 3),
+        deformable: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.keys = (moving_key, fixed_key, moving_label_key, fixed_label_key)
         self.labels = tuple(labels)
+        self.deformable = deformable
 
     def _iteration(self, engine, batchdata):
         moving, fixed, moving_label, fixed_label = _pair(batchdata, engine.state.device, engine.non_blocking, self.keys)
         engine.network.eval()
         with torch.no_grad():
-            result = structured_forward(engine.network, moving, fixed, bidirectional=False, synthesis=False).forward
+            result = structured_forward(engine.network, moving, fixed, bidirectional=False, synthesis=False, deformable=self.deformable).forward
             warped_label = warp_labels(moving_label, result.ddf, labels=(0, *self.labels))
         engine.state.output = {
             "pred": one_hot_labels(warped_label, self.labels),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from monai.losses import LocalNormalizedCrossCorrelationLoss
+from monai.losses import DiceLoss, LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 from torch import nn
 from torch.nn import functional as F
@@ -41,6 +41,9 @@ class RegistrationLoss(nn.Module):
     * ``inverse``: :func:`inverse_consistency_error` of the two composed fields.
     * ``smoothness``: diffusion or bending energy of the deformable field (:class:`Diffusion`,
       :class:`BendingEnergy`: MONAI's ``DiffusionLoss``/``BendingEnergyLoss`` values, fused).
+    * ``overlap``: MONAI ``DiceLoss`` (background excluded) between the source's label map, one-hot
+      and warped by the composed field (soft, bilinear), and the target's: the SynthMorph-style
+      term on *synthesised* label maps (needs the labels; off, weight 0, by default).
 
     Image terms are evaluated after ``downsample`` 2x average-poolings, which keeps MI
     affordable on 3D volumes at 2 mm.
@@ -54,9 +57,10 @@ class RegistrationLoss(nn.Module):
         downsample: 2x poolings before the image terms.
         num_bins: MI histogram bins.
         lncc_kernel_size: LNCC window size.
+        labels: label values of the ``overlap`` term (0 is the background).
     """
 
-    default_weights = {"similarity": 1.0, "synthesis": 0.5, "cycle": 0.5, "inverse": 0.01, "smoothness": 1.0}
+    default_weights = {"similarity": 1.0, "synthesis": 0.5, "cycle": 0.5, "inverse": 0.01, "smoothness": 1.0, "overlap": 0.0}
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class RegistrationLoss(nn.Module):
         downsample: int = 0,
         num_bins: int = 32,
         lncc_kernel_size: int = 7,
+        labels=(1, 2, 3),
     ):
         super().__init__()
         if similarity not in ("mi", "lncc"):
@@ -84,6 +89,15 @@ class RegistrationLoss(nn.Module):
         self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims, kernel_size=lncc_kernel_size, kernel_type="rectangular")
         self.regulariser = Diffusion() if smoothness == "diffusion" else BendingEnergy()
         self.warp = Warp(mode="bilinear", padding_mode="border")
+        self.labels = tuple(int(v) for v in labels)
+        self.dice = DiceLoss(include_background=False)
+
+    def overlap(self, stage: StageResult, source_label: torch.Tensor, target_label: torch.Tensor) -> torch.Tensor:
+        """Dice loss of the source labels, one-hot and warped by ``stage.ddf``, against the target labels."""
+        values = (0, *self.labels)
+        src = torch.cat([(source_label == v).to(stage.ddf.dtype) for v in values], dim=1)
+        tgt = torch.cat([(target_label == v).to(stage.ddf.dtype) for v in values], dim=1)
+        return self.dice(self.warp(src, stage.ddf), tgt)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if not self.downsample:
@@ -105,9 +119,17 @@ class RegistrationLoss(nn.Module):
         terms["smoothness"] = self.regulariser(stage.ddf_deformable)
         return terms
 
-    def forward(self, output: RegistrationOutput, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return every weighted term and their sum under ``"loss"``."""
+    def forward(
+        self, output: RegistrationOutput, moving: torch.Tensor, fixed: torch.Tensor, moving_label: torch.Tensor | None = None, fixed_label: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Return every weighted term and their sum under ``"loss"`` (``overlap`` needs both label maps)."""
         terms = self._direction(output.forward, fixed)
+        if self.weights["overlap"]:
+            if moving_label is None or fixed_label is None:
+                raise ValueError("the overlap term needs moving_label and fixed_label (the trainer's label_keys).")
+            terms["overlap"] = self.overlap(output.forward, moving_label, fixed_label)
+            if output.backward is not None:
+                terms["overlap"] = terms["overlap"] + self.overlap(output.backward, fixed_label, moving_label)
         if output.backward is not None:
             for k, v in self._direction(output.backward, moving).items():
                 terms[k] = terms[k] + v

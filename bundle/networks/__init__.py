@@ -5,4 +5,5 @@ from .bundle_net import RegistrationBundleNet, StructuredRegistration, structure
 from .decoder import PyramidDecoder, SynthesisDecoder
 from .deformable_head import DeformableHead
 from .encoder import ModalityEncoder
+from .keypoint_head import KeypointAffineHead, fit_affine, soft_argmax
 from .regnet import MultiModalRegNet, RegistrationOutput, StageResult, compose_ddf

@@ -20,9 +20,9 @@ class RegistrationBundleNet(MultiModalRegNet):
     structured :class:`RegistrationOutput` used for training and explanation.
     """
 
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True):
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True, deformable: bool = True):
         """The structured two-stage, two-direction result (see ``MultiModalRegNet.forward``)."""
-        return super().forward(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
+        return super().forward(moving, fixed, bidirectional=bidirectional, synthesis=synthesis, deformable=deformable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != 2:
@@ -48,8 +48,8 @@ class StructuredRegistration(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True):
-        return self.network.register(moving, fixed, bidirectional=bidirectional, synthesis=synthesis)
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True, deformable: bool = True):
+        return self.network.register(moving, fixed, bidirectional=bidirectional, synthesis=synthesis, deformable=deformable)
 
 
 def structured_forward(network: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, **kwargs):

@@ -15,6 +15,7 @@ from .affine_head import AffineHead
 from .decoder import SynthesisDecoder
 from .deformable_head import DeformableHead
 from .encoder import ModalityEncoder
+from .keypoint_head import KeypointAffineHead
 
 __all__ = ["StageResult", "RegistrationOutput", "MultiModalRegNet", "compose_ddf"]
 
@@ -77,9 +78,11 @@ class MultiModalRegNet(nn.Module):
     """Affine-then-deformable multi-modal registration with cross-modality synthesis.
 
     One ``ModalityEncoder`` encodes both contrasts; ``decoder_ab`` renders a moving-contrast
-    image in the fixed contrast and ``decoder_ba`` the reverse. The ``AffineHead`` regresses
-    ``theta`` from the coarsest features of the pair, the moving image is warped by it,
-    re-encoded, and the ``DeformableHead`` predicts the remaining (diffeomorphic) field.
+    image in the fixed contrast and ``decoder_ba`` the reverse. The affine head gives ``theta``:
+    either an ``AffineHead`` regressing it from the coarsest features of the pair, or a
+    ``KeypointAffineHead`` fitting it in closed form to corresponding keypoints it finds in the
+    two images. The moving image is warped by it, re-encoded, and the ``DeformableHead``
+    predicts the remaining (diffeomorphic) field.
 
     Args:
         spatial_dims: 2 or 3.
@@ -93,6 +96,8 @@ class MultiModalRegNet(nn.Module):
             encoder (1 halves the working resolution, ~8x cheaper in 3D); fields and
             synthesised images are upsampled back and warping happens at full resolution.
         synthesis_level: pyramid level at which the synthesis decoders output their image.
+        affine: ``"regression"`` (:class:`AffineHead`) or ``"keypoints"`` (:class:`KeypointAffineHead`).
+        num_keypoints: keypoints of the ``"keypoints"`` head.
     """
 
     def __init__(
@@ -106,21 +111,30 @@ class MultiModalRegNet(nn.Module):
         integration_steps: int = 7,
         input_downsample: int = 0,
         synthesis_level: int = 0,
+        affine: str = "regression",
+        num_keypoints: int = 32,
     ):
         super().__init__()
+        if affine not in ("regression", "keypoints"):
+            raise ValueError(f"affine must be 'regression' or 'keypoints', got {affine!r}.")
         self.spatial_dims = spatial_dims
         self.input_downsample = int(input_downsample)
         self.encoder = ModalityEncoder(spatial_dims, in_channels, encoder_channels)
         self.decoder_ab = SynthesisDecoder(spatial_dims, encoder_channels, in_channels, synthesis_level)
         self.decoder_ba = SynthesisDecoder(spatial_dims, encoder_channels, in_channels, synthesis_level)
-        self.affine_head = AffineHead(spatial_dims, 2 * encoder_channels[-1], affine_channels)
+        self.affine = affine
+        if affine == "keypoints":
+            self.affine_head = KeypointAffineHead(spatial_dims, in_channels, num_keypoints=num_keypoints)
+        else:
+            self.affine_head = AffineHead(spatial_dims, 2 * encoder_channels[-1], affine_channels)
         self.deformable_head = DeformableHead(spatial_dims, encoder_channels, deformable_level, integrate, integration_steps)
         self.warp = Warp(mode="bilinear", padding_mode="border")
 
     @property
     def size_divisor(self) -> int:
-        """Image sizes must be multiples of this (the affine head adds one down-sampling)."""
-        return 2 ** (self.encoder.depth + 1 + self.input_downsample)
+        """Image sizes must be multiples of this (the regression head adds one down-sampling, the keypoint head has 3)."""
+        depth = max(self.encoder.depth + 1, 3) if self.affine == "keypoints" else self.encoder.depth + 1
+        return 2 ** (depth + self.input_downsample)
 
     def _check(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         d = self.spatial_dims
@@ -133,11 +147,15 @@ class MultiModalRegNet(nn.Module):
         if bad:
             raise ValueError(f"spatial size {tuple(moving.shape[2:])} is not divisible by {self.size_divisor}.")
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder pyramid of ``x`` (after the optional input down-sampling)."""
+    def downsample(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` at the working resolution (``input_downsample`` 2x average-poolings)."""
         if self.input_downsample:
             x = F.avg_pool2d(x, 2**self.input_downsample) if self.spatial_dims == 2 else F.avg_pool3d(x, 2**self.input_downsample)
-        return self.encoder(x)
+        return x
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder pyramid of ``x`` (after the optional input down-sampling)."""
+        return self.encoder(self.downsample(x))
 
     def synthesise(self, decoder: SynthesisDecoder, feats: list[torch.Tensor], size) -> torch.Tensor:
         """Run a synthesis decoder and bring its image to the full grid."""
@@ -151,11 +169,30 @@ class MultiModalRegNet(nn.Module):
         n = a.shape[0]
         return [f[:n] for f in feats], [f[n:] for f in feats]
 
-    def _affine(self, src_feats, tgt_feats, size) -> torch.Tensor:
+    def _affine(self, src, tgt, src_feats, tgt_feats, size) -> torch.Tensor:
+        if self.affine == "keypoints":
+            return self.affine_head(self.downsample(src), self.downsample(tgt), size)
         return self.affine_head(torch.cat([src_feats[-1], tgt_feats[-1]], dim=1), size)
 
+    def keypoints(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keypoint head's points ``(B, K, dims)`` in each image (centred voxel coordinates of the input grid)."""
+        if self.affine != "keypoints":
+            raise ValueError("keypoints need the 'keypoints' affine head.")
+        return self.affine_head.keypoints(self.downsample(moving), self.downsample(fixed), moving.shape[2:])
+
+    def _affine_only(self, moving, fixed, bidirectional, size) -> RegistrationOutput:
+        pm, pf = self.keypoints(moving, fixed)  # one pass finds the points of both images: both directions share them
+        results = []
+        for src, src_pts, tgt_pts in ((moving, pm, pf), (fixed, pf, pm))[: 2 if bidirectional else 1]:
+            theta = self.affine_head.fit(tgt_pts, src_pts, size)
+            ddf = affine_to_ddf(theta, size)
+            warped = self.warp(src, ddf)
+            zero = torch.zeros_like(ddf)
+            results.append(StageResult(theta, ddf, zero, ddf, zero, warped, warped))
+        return RegistrationOutput(forward=results[0], backward=results[1] if bidirectional else None)
+
     def forward(
-        self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True
+        self, moving: torch.Tensor, fixed: torch.Tensor, bidirectional: bool = True, synthesis: bool = True, deformable: bool = True
     ) -> RegistrationOutput:
         """Register ``moving`` onto ``fixed`` (and, if ``bidirectional``, the reverse).
 
@@ -164,15 +201,21 @@ class MultiModalRegNet(nn.Module):
             fixed: ``(B, C, *spatial)`` in [0, 1], same grid as ``moving``.
             bidirectional: also compute the fixed-onto-moving direction.
             synthesis: also run the synthesis decoders and the synthesis cycle.
+            deformable: run the deformable stage; ``False`` (keypoint head, no synthesis) runs the
+                affine stage alone, with a zero deformable field (what training that stage needs).
         """
         self._check(moving, fixed)
         size = moving.shape[2:]
+        if not deformable:
+            if self.affine != "keypoints" or synthesis:
+                raise ValueError("deformable=False needs the 'keypoints' affine head and synthesis=False.")
+            return self._affine_only(moving, fixed, bidirectional, size)
         fm, ff = self._encode_pair(moving, fixed)
-        theta_ab = self._affine(fm, ff, size)
+        theta_ab = self._affine(moving, fixed, fm, ff, size)
         ddf_aff_ab = affine_to_ddf(theta_ab, size)
         moving_aff = self.warp(moving, ddf_aff_ab)
         if bidirectional:
-            theta_ba = self._affine(ff, fm, size)
+            theta_ba = self._affine(fixed, moving, ff, fm, size)
             ddf_aff_ba = affine_to_ddf(theta_ba, size)
             fixed_aff = self.warp(fixed, ddf_aff_ba)
             fma, ffa = self._encode_pair(moving_aff, fixed_aff)
