@@ -119,3 +119,20 @@ def test_a_refused_checkpoint_leaves_the_network_unchanged(tmp_path):
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not all(torch.equal(state[k], after[k]) for k in state)  # the other seed's weights really differ
+
+
+def test_excluded_prefixes_keep_the_networks_own_weights(tmp_path):
+    """A keypoint affine head starts from a checkpoint trained with the regression head."""
+    path = tmp_path / "regression.pt"
+    donor = _net(1)
+    torch.save(donor.state_dict(), path)
+    torch.manual_seed(2)
+    net = RegistrationBundleNet(2, encoder_channels=(4, 8, 8), affine_channels=8, integration_steps=3, affine="keypoints", num_keypoints=4)
+    own = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("affine_head.")}
+    with pytest.raises(ValueError, match="regression.pt: checkpoint does not fit"):
+        load_network_weights(net, path)
+    load_network_weights(net, path, exclude=["affine_head."])
+    state, given = net.state_dict(), donor.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in own.items())
+    rest = [k for k in state if not k.startswith("affine_head.")]
+    assert rest and all(torch.equal(state[k], given[k]) for k in rest)

@@ -52,3 +52,30 @@ def test_invalid_options_raise():
         RegistrationLoss(2, weights={"bending": 1.0})
     with pytest.raises(ValueError, match="smoothness"):
         RegistrationLoss(2, smoothness="tv")
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 24, 24)])
+def test_overlap_term_is_lowest_at_the_true_shift_and_needs_labels(shape):
+    from types import SimpleNamespace
+
+    dims = len(shape)
+    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) - s / 2 for s in shape], indexing="ij")
+    r = sum(g**2 for g in grids).sqrt()
+    fixed_label = ((r < 5).float() + (r < 9).float() + (r < 3).float())[None, None]  # labels 1..3, nested
+    moving_label = torch.roll(fixed_label, 3, dims=2)  # moving(x) = fixed(x - 3 e0)
+    loss = RegistrationLoss(dims, weights={"overlap": 1.0})
+    true = torch.zeros(1, dims, *shape)
+    true[:, 0] = 3.0
+    zero = torch.zeros_like(true, requires_grad=True)
+    at_true = loss.overlap(SimpleNamespace(ddf=true), moving_label, fixed_label)
+    at_zero = loss.overlap(SimpleNamespace(ddf=zero), moving_label, fixed_label)
+    assert float(at_true) < 0.02 < 0.2 < float(at_zero)
+    at_zero.backward()
+    assert zero.grad.abs().sum() > 0  # soft (bilinear) warp of one-hot labels: differentiable in the field
+    net = MultiModalRegNet(dims, encoder_channels=(4, 8, 8), affine="keypoints", num_keypoints=4)
+    image = torch.rand(1, 1, *shape)
+    out = net(image, image, synthesis=False, deformable=False)
+    with pytest.raises(ValueError, match="overlap term needs"):
+        loss(out, image, image)
+    terms = loss(out, image, image, moving_label, fixed_label)
+    assert "overlap" in terms and torch.isclose(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
