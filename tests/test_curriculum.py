@@ -12,7 +12,8 @@ from bundle.data.synth import SynthPairDataset
 
 
 def _dataset() -> SynthPairDataset:
-    return SynthPairDataset(length=2, spatial_dims=2, spacing_mm=4.0, motion=MotionRange(rotation_deg=10.0, translation_mm=8.0, scale=0.08, shear=0.04, elastic_mm=4.0))
+    motion = MotionRange(rotation_deg=10.0, translation_mm=8.0, scale=0.08, shear=0.04, elastic_mm=4.0)
+    return SynthPairDataset(length=2, spatial_dims=2, spacing_mm=4.0, motion=motion)
 
 
 def test_schedule_is_linear_from_start_to_full_and_keeps_the_control_spacing():

@@ -120,7 +120,12 @@ class RegistrationLoss(nn.Module):
         return terms
 
     def forward(
-        self, output: RegistrationOutput, moving: torch.Tensor, fixed: torch.Tensor, moving_label: torch.Tensor | None = None, fixed_label: torch.Tensor | None = None
+        self,
+        output: RegistrationOutput,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        moving_label: torch.Tensor | None = None,
+        fixed_label: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return every weighted term and their sum under ``"loss"`` (``overlap`` needs both label maps)."""
         terms = self._direction(output.forward, fixed)

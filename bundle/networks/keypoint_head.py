@@ -89,7 +89,12 @@ class KeypointAffineHead(nn.Module):
         self.ridge = float(ridge)
         c0, c1, c2, c3 = channels
         self.levels = nn.ModuleList(
-            [conv_block(spatial_dims, in_channels, c0), conv_block(spatial_dims, c0, c1, 2), conv_block(spatial_dims, c1, c2, 2), conv_block(spatial_dims, c2, c3, 2)]
+            [
+                conv_block(spatial_dims, in_channels, c0),
+                conv_block(spatial_dims, c0, c1, 2),
+                conv_block(spatial_dims, c1, c2, 2),
+                conv_block(spatial_dims, c2, c3, 2),
+            ]
         )
         self.conv = conv_block(spatial_dims, c1 + c2 + c3, c3)
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
