@@ -87,6 +87,7 @@ def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, ove
 
     from .figures import pair_figure
     from .io import load_displacement
+    from .keypoints import read_keypoints, world_to_voxel
 
     metrics = run_config(
         "inference.json", fixed=str(fixed), moving=str(moving), output_dir=str(output_dir),
@@ -103,12 +104,17 @@ def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, ove
             labels += [("moving labels", load(moving_label)), ("warped moving labels", load(out / "warped_moving_label.nii.gz"))]
         ddf, _ = load_displacement(out / "ddf_mm.nii.gz")
         dice = f", Dice {metrics['dice_mean']:.3f}" if "dice_mean" in metrics else ""
+        points = []
+        if (out / "keypoints.csv").exists():  # the keypoint head's points, in each image's own voxels
+            world = read_keypoints(out / "keypoints.csv", np.asarray(load(fixed)).ndim)
+            points = [world_to_voxel(world["fixed"], nib.load(str(fixed)).affine), world_to_voxel(world["moving"], nib.load(str(moving)).affine)]
         pair_figure(
             out / "overview.png",
             [("fixed", load(fixed)), ("moving", load(moving)), ("warped moving", load(out / "warped_moving.nii.gz"))],
             labels,
             ddf=ddf,
             title=f"{Path(moving).name} -> {Path(fixed).name}{dice}, folding {metrics['folding_percent']:.3f}%",
+            points=points,
         )
     return metrics
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
-__all__ = ["middle_slice", "inplane_field", "draw_grid", "pair_figure", "save_figure"]
+__all__ = ["middle_slice", "inplane_field", "draw_grid", "draw_points", "pair_figure", "save_figure"]
 
 
 def middle_slice(volume: np.ndarray, axis: int = 2, index: int | None = None) -> np.ndarray:
@@ -42,12 +42,23 @@ def draw_grid(ax, ddf_2d: np.ndarray, step: int = 4, color: str = "yellow") -> N
         ax.plot(px[:, j], py[:, j], color=color, lw=0.5)
 
 
+def draw_points(ax, points: np.ndarray, shape, slab: float = 6.0) -> None:
+    """Markers at ``(K, dims)`` voxel ``points`` over a :func:`middle_slice` image of ``shape``, coloured by index."""
+    colours = plt.get_cmap("tab20")(np.arange(len(points)) % 20)
+    keep = np.ones(len(points), dtype=bool)
+    if len(shape) == 3:
+        keep = np.abs(points[:, 2] - shape[2] // 2) <= slab
+    ax.scatter(points[keep, 0], points[keep, 1], s=14, c=colours[keep], marker="o", edgecolors="white", linewidths=0.4)
+
+
 def pair_figure(
     path: str | os.PathLike,
     panels: Sequence[tuple[str, np.ndarray]],
     label_panels: Sequence[tuple[str, np.ndarray]] = (),
     ddf: np.ndarray | None = None,
     title: str | None = None,
+    points: Sequence[np.ndarray | None] = (),
+    slab: float = 6.0,
 ) -> str:
     """Save a row of image panels, optional label maps and a deformation-grid panel as a PNG.
 
@@ -58,14 +69,19 @@ def pair_figure(
         ddf: optional channel-first voxel DDF; its in-plane components at the middle axial
             slice are drawn as a deformed grid over the first panel.
         title: figure title.
+        points: per image panel, ``(K, dims)`` voxel coordinates of keypoints (or ``None``),
+            drawn as markers coloured by index, so that point ``k`` has one colour in every
+            panel; in 3D only those within ``slab`` voxels of the shown slice.
     """
     n = len(panels) + len(label_panels) + (ddf is not None)
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.4))
     axes = np.atleast_1d(axes)
     k = 0
-    for name, img in panels:
+    for i, (name, img) in enumerate(panels):
         axes[k].imshow(middle_slice(img), cmap="gray", origin="lower")
         axes[k].set_title(name, fontsize=9)
+        if i < len(points) and points[i] is not None:
+            draw_points(axes[k], np.asarray(points[i]), np.asarray(img).shape, slab)
         k += 1
     for name, lab in label_panels:
         axes[k].imshow(middle_slice(lab), cmap="tab10", vmin=0, vmax=9, origin="lower", interpolation="nearest")

@@ -35,6 +35,7 @@ from .fields import apply_affine, inverse_consistency_mm, invert_displacement, j
 from .initialise import centre_of_mass_translation, check_network_grid, check_network_size, check_overlap
 from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
 from .itk_transforms import affine_step, field_step, save_composite_transform
+from .keypoints import network_keypoints, write_keypoints
 from .metrics import dice_per_label
 from .networks.bundle_net import structured_forward
 from .networks.deformable_head import field_to_ddf
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = (
     "warped_moving.nii.gz", "ddf_mm.nii.gz", "ddf_inverse_mm.nii.gz", "affine.tfm", "transform.h5", "transform_inverse.h5",
-    "jacobian.nii.gz", "metrics.json",
+    "jacobian.nii.gz", "metrics.json", "keypoints.csv",
 )
 
 
@@ -150,6 +151,7 @@ class PairRegistrar:
     def register_arrays(
         self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str = "full",
         refine: bool | None = None, network: bool = True, names: tuple[str, str] = ("fixed", "moving"), inverse: bool = False,
+        keypoints: bool = False,
     ) -> dict:
         """Register arrays with spatial affines; returns fields on the fixed grid (numpy).
 
@@ -162,13 +164,15 @@ class PairRegistrar:
                 from the identity (measures what the network contributes).
             names: how errors name the two images.
             inverse: also return the inverse map (see :meth:`inverse_fields`).
+            keypoints: also return the keypoint head's points (a second, cheap pass of that head).
 
         Returns:
             dict with ``ddf_mm`` (dims, *fixed.shape) RAS mm, ``ddf_voxel`` (fixed voxels),
             ``warped``, ``theta``, ``affine_world`` (the affine stage as a RAS world matrix,
             initialisation included), ``initial_translation_mm``, ``refinement`` (per-stage stats),
             ``net_affine``, ``net_shape``, ``seconds`` per stage; with ``inverse``, also
-            ``ddf_inverse_mm`` and ``inverse_deformable_mm``.
+            ``ddf_inverse_mm`` and ``inverse_deformable_mm``; with ``keypoints`` and a keypoint
+            affine head, ``keypoints`` (:func:`bundle.keypoints.network_keypoints`).
         """
         if stage not in ("full", "affine"):
             raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
@@ -188,6 +192,7 @@ class PairRegistrar:
         synthesis = refining and refiner.needs_synthesis
         with torch.no_grad():
             out = structured_forward(self.network, m, f, bidirectional=False, synthesis=synthesis).forward
+        points = network_keypoints(self.network, m, f, net_affine, t_init) if keypoints else None
         t2 = time.perf_counter()
         stats: dict = {}
         if refining:
@@ -221,6 +226,8 @@ class PairRegistrar:
             deformable = velocity if stage == "full" else None
             extra = self.inverse_fields(deformable, affine_world, net_affine, net_shape, fixed_affine, fixed.shape, moving_affine, moving.shape)
             seconds["inverse"] = time.perf_counter() - t4
+        if points is not None:
+            extra["keypoints"] = points
         return {
             **extra,
             "affine_world": affine_world,
@@ -298,7 +305,7 @@ class PairRegistrar:
             if lab is not None:
                 check_label_grid(img, lab)
         t_load = time.perf_counter() - t0
-        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff, names=(str(fixed_path), str(moving_path)), inverse=True)
+        res = self.register_arrays(fixed, fixed_aff, moving, moving_aff, names=(str(fixed_path), str(moving_path)), inverse=True, keypoints=True)
         t1 = time.perf_counter()
         det = jacobian_determinant(torch.from_numpy(res["ddf_voxel"])[None])[0, 0].numpy()
         consistency = inverse_consistency_mm(
@@ -324,6 +331,10 @@ class PairRegistrar:
                 lambda: save_image(stage / "jacobian.nii.gz", det, fixed_aff4),
                 lambda: self._save_transforms(stage, res, fixed_aff, fixed.shape),
             )
+            if "keypoints" in res:
+                write_keypoints(stage / "keypoints.csv", res["keypoints"])
+                residual = res["keypoints"]["residual_mm"]
+                metrics["keypoint_residual_mm"] = {"mean": float(np.mean(residual)), "max": float(np.max(residual))}
             if moving_label is not None:
                 lab, _ = load_checked_label(moving_label, self.dims)
                 pts = grid_world_points(fixed_aff, fixed.shape) + torch.from_numpy(res["ddf_mm"])

@@ -161,3 +161,28 @@ def test_existing_results_are_kept_unless_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="already holds results \\(metrics.json\\); pass overwrite=True"):
         _registrar()._check_output_dir(tmp_path)
     _registrar(overwrite=True)._check_output_dir(tmp_path)
+
+
+def test_keypoints_are_returned_in_world_coordinates_of_each_image(tmp_path):
+    """Same array under a header shift: each moving keypoint is its fixed keypoint plus the shift, and the fit agrees."""
+    from bundle.keypoints import read_keypoints, world_to_voxel, write_keypoints
+
+    torch.manual_seed(0)
+    net = RegistrationBundleNet(2, encoder_channels=(4, 8, 8), affine="keypoints", num_keypoints=5)
+    reg = PairRegistrar(net, spacing_mm=2.0, size_divisor=net.size_divisor)
+    fixed = _blob()
+    assert "keypoints" not in reg.register_arrays(fixed, FIXED_AFFINE, fixed, MOVING_AFFINE)  # only when asked
+    res = reg.register_arrays(fixed, FIXED_AFFINE, fixed, MOVING_AFFINE, keypoints=True)
+    kp = res["keypoints"]
+    assert kp["fixed_ras"].shape == kp["moving_ras"].shape == (5, 2) and kp["weight"].shape == (5,)
+    np.testing.assert_allclose(kp["moving_ras"] - kp["fixed_ras"], np.broadcast_to(SHIFT_MM, (5, 2)), atol=1e-4)
+    np.testing.assert_allclose(kp["residual_mm"], 0.0, atol=1e-3)
+    np.testing.assert_allclose(res["affine_world"], [[1, 0, 6], [0, 1, -4], [0, 0, 1]], atol=1e-4)
+    fixed_vox = world_to_voxel(kp["fixed_ras"], np.array([[2.0, 0, 0, -20.0], [0, 2.0, 0, -10.0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    moving_vox = world_to_voxel(kp["moving_ras"], np.array([[2.0, 0, 0, -14.0], [0, 2.0, 0, -14.0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    np.testing.assert_allclose(fixed_vox, moving_vox, atol=1e-4)  # the same voxels of the same array
+    assert (fixed_vox > -8).all() and (fixed_vox < np.array(SHAPE) + 8).all()  # on the (padded) network grid
+    path = write_keypoints(tmp_path / "keypoints.csv", kp)
+    back = read_keypoints(path, 2)
+    np.testing.assert_allclose(back["fixed"], kp["fixed_ras"], atol=1e-5)
+    np.testing.assert_allclose(back["moving"], kp["moving_ras"], atol=1e-5)
