@@ -54,6 +54,9 @@ def _train_args(root, datalist) -> list[str]:
         "run", "--bundle_root", str(root), "--datalist_file", str(datalist), "--spatial_dims", "2",
         "--train#augmentation", "[]", "--train#datalist", FIRST_4, "--train#trainer#max_epochs", "1",
         "--val_interval", "1", "--optimizer#_target_", "torch.optim.SGD", "--learning_rate", "0.01",
+        # the regression affine head: the keypoint head's closed-form fit amplifies rounding noise (0.9e-3 apart after
+        # one epoch, measured), which would hide what this test checks, the distributed machinery
+        "--network_def#affine", "regression",
     ]  # fmt: skip
 
 
@@ -94,6 +97,7 @@ def _initial_weights() -> dict:
     parser = ConfigParser()
     parser.read_config(config_files("train.json"))
     parser["spatial_dims"] = 2
+    parser["network_def"]["affine"] = "regression"  # as _train_args
     set_determinism(seed=parser["seed"])
     try:
         return parser.get_parsed_content("network_def", instantiate=True).state_dict()
@@ -126,14 +130,14 @@ def test_batch_registration_split(runs, sample_2d, tmp_path):
     datalist = tmp_path / "three.json"  # 3 pairs on 2 ranks: an uneven split
     datalist.write_text(json.dumps({"test": [{k: abs_path(it[k]) for k in ("fixed", "moving", "fixed_label", "moving_label")} for it in data["test"][:3]]}))
     out = tmp_path / "out"
-    log = torchrun("run", "--config_file", INFER, "--spatial_dims", "2", "--spacing_mm", "2.0",
+    log = torchrun("run", "--config_file", INFER, "--spatial_dims", "2", "--spacing_mm", "2.0", "--network_def#affine", "regression",
                    "--checkpoint", str(ddp / "models" / "model.pt"), "--datalist", str(datalist), "--output_dir", str(out))  # fmt: skip
     done = [(int(r), int(i)) for r, i in re.findall(r"rank (\d)/2: pair (\d{4})", log)]
     assert Counter(i for _, i in done) == Counter({0: 1, 1: 1, 2: 1}), done  # every pair exactly once
     assert sorted(done) == [(0, 0), (0, 2), (1, 1)]
     assert sorted(p.name for p in out.iterdir()) == ["0000", "0001", "0002"]
     for i in range(3):
-        assert set(OUTPUT_FILES) <= {p.name for p in (out / f"{i:04d}").iterdir()}
+        assert set(OUTPUT_FILES) - {"keypoints.csv"} <= {p.name for p in (out / f"{i:04d}").iterdir()}  # regression head: no keypoints
         assert json.loads((out / f"{i:04d}" / "metrics.json").read_text())["moving"] == abs_path(data["test"][i]["moving"])
 
 

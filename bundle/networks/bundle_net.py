@@ -67,6 +67,8 @@ def structured_forward(network: torch.nn.Module, moving: torch.Tensor, fixed: to
         TypeError: ``network`` wraps a module with ``register`` directly (DDP around the bare
             network), whose ``forward`` is the single-tensor one.
     """
+    if kwargs.get("deformable", False) is True:
+        kwargs.pop("deformable")  # the default: networks without an affine-only mode need not accept it
     if hasattr(network, "register"):
         return network.register(moving, fixed, **kwargs)
     if hasattr(getattr(network, "module", None), "register"):
