@@ -104,13 +104,15 @@ def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, ove
             labels += [("moving labels", load(moving_label)), ("warped moving labels", load(out / "warped_moving_label.nii.gz"))]
         ddf, _ = load_displacement(out / "ddf_mm.nii.gz")
         dice = f", Dice {metrics['dice_mean']:.3f}" if "dice_mean" in metrics else ""
+        fixed_img, moving_img = nib.load(str(fixed)), nib.load(str(moving))
+        fixed_arr, moving_arr = np.asarray(fixed_img.dataobj).squeeze(), np.asarray(moving_img.dataobj).squeeze()
         points = []
         if (out / "keypoints.csv").exists():  # the keypoint head's points, in each image's own voxels
-            world = read_keypoints(out / "keypoints.csv", np.asarray(load(fixed)).ndim)
-            points = [world_to_voxel(world["fixed"], nib.load(str(fixed)).affine), world_to_voxel(world["moving"], nib.load(str(moving)).affine)]
+            world = read_keypoints(out / "keypoints.csv", fixed_arr.ndim)
+            points = [world_to_voxel(world["fixed"], fixed_img.affine), world_to_voxel(world["moving"], moving_img.affine)]
         pair_figure(
             out / "overview.png",
-            [("fixed", load(fixed)), ("moving", load(moving)), ("warped moving", load(out / "warped_moving.nii.gz"))],
+            [("fixed", fixed_arr), ("moving", moving_arr), ("warped moving", load(out / "warped_moving.nii.gz"))],
             labels,
             ddf=ddf,
             title=f"{Path(moving).name} -> {Path(fixed).name}{dice}, folding {metrics['folding_percent']:.3f}%",

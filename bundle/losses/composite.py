@@ -8,6 +8,7 @@ from monai.networks.blocks import Warp
 from torch import nn
 from torch.nn import functional as F
 
+from ..metrics import one_hot_labels
 from ..networks.regnet import RegistrationOutput, StageResult
 from .mutual_information import SparseMutualInformationLoss
 from .regularisers import BendingEnergy, Diffusion
@@ -94,10 +95,8 @@ class RegistrationLoss(nn.Module):
 
     def overlap(self, stage: StageResult, source_label: torch.Tensor, target_label: torch.Tensor) -> torch.Tensor:
         """Dice loss of the source labels, one-hot and warped by ``stage.ddf``, against the target labels."""
-        values = (0, *self.labels)
-        src = torch.cat([(source_label == v).to(stage.ddf.dtype) for v in values], dim=1)
-        tgt = torch.cat([(target_label == v).to(stage.ddf.dtype) for v in values], dim=1)
-        return self.dice(self.warp(src, stage.ddf), tgt)
+        src = one_hot_labels(source_label, self.labels).to(stage.ddf.dtype)
+        return self.dice(self.warp(src, stage.ddf), one_hot_labels(target_label, self.labels).to(stage.ddf.dtype))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if not self.downsample:

@@ -169,10 +169,13 @@ class MultiModalRegNet(nn.Module):
         n = a.shape[0]
         return [f[:n] for f in feats], [f[n:] for f in feats]
 
-    def _affine(self, src, tgt, src_feats, tgt_feats, size) -> torch.Tensor:
+    def _thetas(self, moving, fixed, fm, ff, size, bidirectional: bool):
+        """``(theta_ab, theta_ba or None)``; the keypoint head finds each image's points once for both directions."""
         if self.affine == "keypoints":
-            return self.affine_head(self.downsample(src), self.downsample(tgt), size)
-        return self.affine_head(torch.cat([src_feats[-1], tgt_feats[-1]], dim=1), size)
+            pm, pf = self.keypoints(moving, fixed)
+            return self.affine_head.fit(pf, pm, size), self.affine_head.fit(pm, pf, size) if bidirectional else None
+        theta_ab = self.affine_head(torch.cat([fm[-1], ff[-1]], dim=1), size)
+        return theta_ab, self.affine_head(torch.cat([ff[-1], fm[-1]], dim=1), size) if bidirectional else None
 
     def keypoints(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keypoint head's points ``(B, K, dims)`` in each image (centred voxel coordinates of the input grid)."""
@@ -181,10 +184,9 @@ class MultiModalRegNet(nn.Module):
         return self.affine_head.keypoints(self.downsample(moving), self.downsample(fixed), moving.shape[2:])
 
     def _affine_only(self, moving, fixed, bidirectional, size) -> RegistrationOutput:
-        pm, pf = self.keypoints(moving, fixed)  # one pass finds the points of both images: both directions share them
+        thetas = self._thetas(moving, fixed, None, None, size, bidirectional)
         results = []
-        for src, src_pts, tgt_pts in ((moving, pm, pf), (fixed, pf, pm))[: 2 if bidirectional else 1]:
-            theta = self.affine_head.fit(tgt_pts, src_pts, size)
+        for src, theta in ((moving, thetas[0]), (fixed, thetas[1]))[: 2 if bidirectional else 1]:
             ddf = affine_to_ddf(theta, size)
             warped = self.warp(src, ddf)
             zero = torch.zeros_like(ddf)
@@ -211,11 +213,10 @@ class MultiModalRegNet(nn.Module):
                 raise ValueError("deformable=False needs the 'keypoints' affine head and synthesis=False.")
             return self._affine_only(moving, fixed, bidirectional, size)
         fm, ff = self._encode_pair(moving, fixed)
-        theta_ab = self._affine(moving, fixed, fm, ff, size)
+        theta_ab, theta_ba = self._thetas(moving, fixed, fm, ff, size, bidirectional)
         ddf_aff_ab = affine_to_ddf(theta_ab, size)
         moving_aff = self.warp(moving, ddf_aff_ab)
         if bidirectional:
-            theta_ba = self._affine(fixed, moving, ff, fm, size)
             ddf_aff_ba = affine_to_ddf(theta_ba, size)
             fixed_aff = self.warp(fixed, ddf_aff_ba)
             fma, ffa = self._encode_pair(moving_aff, fixed_aff)
