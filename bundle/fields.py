@@ -27,7 +27,7 @@ import torch
 from monai.networks.blocks import Warp
 
 __all__ = [
-    "centered_grid", "affine_to_ddf", "compose_ddf", "compose_affine_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine",
+    "centered_grid", "affine_to_ddf", "compose_theta", "compose_ddf", "compose_affine_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine",
     "invert_displacement", "inside_grid", "inverse_consistency_mm",
     "check_ddf", "as_float", "linear_part", "spacing_from_affine", "jacobian_determinant",
 ]
@@ -57,6 +57,18 @@ def affine_to_ddf(theta: torch.Tensor, spatial_size) -> torch.Tensor:
     lin = theta[:, :, :dims] - eye
     ddf = torch.einsum("bij,j...->bi...", lin, grid)
     return ddf + theta[:, :, dims].reshape(theta.shape[0], dims, *([1] * dims))
+
+
+def compose_theta(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``theta`` of the point map ``p -> first(second(p))`` (both ``(B, dims, dims + 1)``, centred voxels).
+
+    Warping by ``first`` and then by ``second`` (``Warp(Warp(img, first), second)``) is warping
+    by this one affine.
+    """
+    d = first.shape[1]
+    m = first[:, :, :d] @ second[:, :, :d]
+    t = first[:, :, :d] @ second[:, :, d:] + first[:, :, d:]
+    return torch.cat([m, t], dim=2)
 
 
 def compose_ddf(first: torch.Tensor, second: torch.Tensor, warp: Warp) -> torch.Tensor:

@@ -11,6 +11,7 @@ from bundle.fields import (
     apply_affine,
     compose_affine_ddf,
     compose_ddf,
+    compose_theta,
     inverse_consistency_mm,
     invert_displacement,
     jacobian_determinant,
@@ -55,6 +56,26 @@ def test_exact_affine_composition_equals_resampling_inside_and_extends_the_affin
     # everywhere, also where x + second(x) leaves the grid: second(x) + first(x) + (M - I) second(x)
     expected = second + first + torch.einsum("ij,bj...->bi...", theta[0, :, :dims] - torch.eye(dims), second)
     torch.testing.assert_close(exact, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_composed_theta_is_warping_by_the_first_then_the_second(dims):
+    from monai.networks.blocks import Warp
+
+    shape = (32, 32, 24)[:dims]
+    c, s = np.cos(np.deg2rad(15)), np.sin(np.deg2rad(15))
+    rot = torch.eye(dims)
+    rot[:2, :2] = torch.tensor([[c, -s], [s, c]])
+    first = torch.cat([rot, torch.zeros(dims, 1)], 1)[None]  # turns about the grid centre, then ...
+    second = torch.cat([1.1 * torch.eye(dims), torch.tensor([3.0, -2.0, 1.0][:dims]).view(dims, 1)], 1)[None]  # ... scales and shifts
+    image = _smooth_field(shape)[:, :1]
+    warp = Warp(mode="bilinear", padding_mode="border")
+    twice = warp(warp(image, affine_to_ddf(first, shape)), affine_to_ddf(second, shape))
+    once = warp(image, affine_to_ddf(compose_theta(first, second), shape))
+    inner = tuple(slice(n // 4, -(n // 4)) for n in shape)  # points that stay on the grid in between
+    reverse = warp(image, affine_to_ddf(compose_theta(second, first), shape))
+    error = (once - twice)[(..., *inner)].abs().max()
+    assert error < 0.05 and error < 0.25 * (reverse - twice)[(..., *inner)].abs().max()  # bilinear resampling twice vs once
 
 
 def test_inverse_consistency_of_an_exact_affine_pair_is_zero():

@@ -113,9 +113,13 @@ class KeypointAffineHead(nn.Module):
         up = [F.interpolate(f, size=size, mode=mode, align_corners=False) for f in feats[2:]]
         return self.heatmap(self.conv(torch.cat([feats[1], *up], dim=1)))
 
+    def points(self, image: torch.Tensor, image_size) -> torch.Tensor:
+        """Keypoints ``(B, K, dims)`` of ``image``, centred voxel coordinates of ``image_size``."""
+        return soft_argmax(self.keypoint_logits(image), image_size)
+
     def keypoints(self, moving: torch.Tensor, fixed: torch.Tensor, image_size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keypoints ``(B, K, dims)`` of each image, centred voxel coordinates of ``image_size``."""
-        points = soft_argmax(self.keypoint_logits(torch.cat([moving, fixed], dim=0)), image_size)
+        """Keypoints ``(B, K, dims)`` of each image (one batched pass), centred voxel coordinates of ``image_size``."""
+        points = self.points(torch.cat([moving, fixed], dim=0), image_size)
         return points[: moving.shape[0]], points[moving.shape[0] :]
 
     @property

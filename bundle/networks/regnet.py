@@ -10,7 +10,7 @@ from monai.networks.blocks import Warp
 from torch import nn
 from torch.nn import functional as F
 
-from ..fields import affine_to_ddf, compose_ddf
+from ..fields import affine_to_ddf, compose_ddf, compose_theta
 from .affine_head import AffineHead
 from .decoder import SynthesisDecoder
 from .deformable_head import DeformableHead
@@ -98,6 +98,9 @@ class MultiModalRegNet(nn.Module):
         synthesis_level: pyramid level at which the synthesis decoders output their image.
         affine: ``"regression"`` (:class:`AffineHead`) or ``"keypoints"`` (:class:`KeypointAffineHead`).
         num_keypoints: keypoints of the ``"keypoints"`` head.
+        affine_passes: passes of the keypoint head (a recursive cascade): each later pass finds the
+            points again in the source warped by the estimate so far and composes the fitted
+            correction onto it.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class MultiModalRegNet(nn.Module):
         synthesis_level: int = 0,
         affine: str = "regression",
         num_keypoints: int = 32,
+        affine_passes: int = 1,
     ):
         super().__init__()
         if affine not in ("regression", "keypoints"):
@@ -123,6 +127,9 @@ class MultiModalRegNet(nn.Module):
         self.decoder_ab = SynthesisDecoder(spatial_dims, encoder_channels, in_channels, synthesis_level)
         self.decoder_ba = SynthesisDecoder(spatial_dims, encoder_channels, in_channels, synthesis_level)
         self.affine = affine
+        if affine_passes < 1 or (affine_passes > 1 and affine != "keypoints"):
+            raise ValueError(f"affine_passes must be 1, or more with the 'keypoints' head, got {affine_passes}.")
+        self.affine_passes = int(affine_passes)
         if affine == "keypoints":
             self.affine_head = KeypointAffineHead(spatial_dims, in_channels, num_keypoints=num_keypoints)
         else:
@@ -173,9 +180,20 @@ class MultiModalRegNet(nn.Module):
         """``(theta_ab, theta_ba or None)``; the keypoint head finds each image's points once for both directions."""
         if self.affine == "keypoints":
             pm, pf = self.keypoints(moving, fixed)
-            return self.affine_head.fit(pf, pm, size), self.affine_head.fit(pm, pf, size) if bidirectional else None
+            theta_ab = self.affine_head.fit(pf, pm, size)
+            theta_ba = self.affine_head.fit(pm, pf, size) if bidirectional else None
+            for _ in range(self.affine_passes - 1):
+                theta_ab = self._cascade_pass(moving, pf, theta_ab, size)
+                theta_ba = self._cascade_pass(fixed, pm, theta_ba, size) if bidirectional else None
+            return theta_ab, theta_ba
         theta_ab = self.affine_head(torch.cat([fm[-1], ff[-1]], dim=1), size)
         return theta_ab, self.affine_head(torch.cat([ff[-1], fm[-1]], dim=1), size) if bidirectional else None
+
+    def _cascade_pass(self, source, target_points, theta, size):
+        """``theta`` refined by one more keypoint fit between ``target_points`` and ``source`` warped by ``theta``."""
+        warped = self.warp(source, affine_to_ddf(theta, size))
+        points = self.affine_head.points(self.downsample(warped), size)
+        return compose_theta(theta, self.affine_head.fit(target_points, points, size))
 
     def keypoints(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keypoint head's points ``(B, K, dims)`` in each image (centred voxel coordinates of the input grid)."""

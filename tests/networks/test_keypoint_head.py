@@ -85,3 +85,27 @@ def test_affine_only_forward_has_no_deformable_field_and_shares_the_keypoints(di
     assert pm.shape == (1, 6, dims) and torch.allclose(net.affine_head.fit(pf, pm, size), out.forward.theta, atol=1e-5)
     with pytest.raises(ValueError, match="keypoints"):
         MultiModalRegNet(dims, encoder_channels=(4, 8, 8))(m, f, synthesis=False, deformable=False)
+
+
+def test_cascade_pass_composes_a_fit_to_the_points_of_the_warped_source():
+    from bundle.fields import compose_theta
+
+    size = (32, 48)
+    torch.manual_seed(0)
+    one = MultiModalRegNet(2, encoder_channels=(4, 8, 8), affine="keypoints", num_keypoints=6).eval()
+    two = MultiModalRegNet(2, encoder_channels=(4, 8, 8), affine="keypoints", num_keypoints=6, affine_passes=2).eval()
+    two.load_state_dict(one.state_dict())
+    fixed = torch.rand(1, 1, *size)
+    moving = torch.roll(fixed, (3, -2), dims=(2, 3))
+    with torch.no_grad():
+        theta1 = one(moving, fixed, synthesis=False, deformable=False).forward.theta
+        out = two(moving, fixed, synthesis=False, deformable=False)
+        warped = one.warp(moving, affine_to_ddf(theta1, size))
+        pw, pf = one.keypoints(warped, fixed)
+        expected = compose_theta(theta1, one.affine_head.fit(pf, pw, size))
+        assert torch.allclose(out.forward.theta, expected, atol=1e-5)
+        assert not torch.allclose(out.forward.theta, theta1, atol=1e-3)
+        same = two(fixed, fixed, synthesis=False, deformable=False).forward.theta
+    assert torch.allclose(same, torch.cat([torch.eye(2), torch.zeros(2, 1)], 1)[None], atol=1e-4)
+    with pytest.raises(ValueError, match="affine_passes"):
+        MultiModalRegNet(2, encoder_channels=(4, 8, 8), affine_passes=2)
