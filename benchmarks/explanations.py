@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     registrar = PairRegistrar(_network(3), args.checkpoint)
     registrar.load_weights()
     net = registrar.network
-    results = []
+    results, out = [], {"pairs": 0}
     for item in read_datalist(datalist, "test")[: args.pairs]:
         fixed, fa, _, moving, ma = registrar.load_pair(item["fixed"], item["moving"])
         m, f, _, _ = registrar.to_network_grid(fixed, fa, moving, ma)
@@ -52,6 +52,14 @@ def main(argv=None) -> dict:
         results.append({"pair": item["fixed"], "contrast": item.get("contrast"), "seconds_inference": t_infer,
                         "seconds_explain_all": t_explain, "maps": len(maps), "report": report})
         print(json.dumps({"pair": item["fixed"], "explain/infer": t_explain / t_infer}), flush=True)
+        out = _summary(results)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(out, indent=2, default=float))  # after every pair: a long run keeps what it measured
+    return out
+
+
+def _summary(results: list[dict]) -> dict:
+    """Mean sanity numbers per stage and target over the pairs, and the explain / inference time ratio."""
     summary: dict = {}
     for r in results:
         for stage, targets in r["report"].items():
@@ -64,10 +72,7 @@ def main(argv=None) -> dict:
                         entry.setdefault(k, []).append(float(v))
     table = {k: {m: float(np.nanmean(v)) for m, v in d.items()} for k, d in summary.items()}
     ratio = float(np.mean([r["seconds_explain_all"] / r["seconds_inference"] for r in results]))
-    out = {"pairs": len(results), "explain_over_inference_time": ratio, "mean_per_stage_target": table, "per_pair": results}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2, default=float))
-    return out
+    return {"pairs": len(results), "explain_over_inference_time": ratio, "mean_per_stage_target": table, "per_pair": results}
 
 
 if __name__ == "__main__":
