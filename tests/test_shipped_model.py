@@ -81,14 +81,14 @@ def test_a_second_keypoint_pass_reduces_the_error_of_a_large_rotation(registrar,
     """Measured: -12 degrees + 8 mm, affine stage 1.93 voxels with one pass, 1.52 with two."""
     moving, expected = rotated_shifted(templates, -12.0, (-6.0, 3.0, 4.0))
     brain = (np.asarray(templates.grey) + np.asarray(templates.white)) > 0.5
-    errors = []
+    errors, shipped = [], registrar.network.affine_passes
     try:
         for passes in (1, 2):
             registrar.network.affine_passes = passes
             res = registrar.register_arrays(np.asarray(templates.t1), templates.affine, moving, templates.affine, stage="affine")
             errors.append(np.linalg.norm(res["ddf_voxel"] - expected, axis=0)[brain].mean())
     finally:
-        registrar.network.affine_passes = 1
+        registrar.network.affine_passes = shipped
     assert errors[1] < errors[0] - 0.2, errors
 
 

@@ -180,12 +180,13 @@ class MultiModalRegNet(nn.Module):
         """``(theta_ab, theta_ba or None)``; the keypoint head finds each image's points once for both directions."""
         if self.affine == "keypoints":
             pm, pf = self.keypoints(moving, fixed)
-            theta_ab = self.affine_head.fit(pf, pm, size)
-            theta_ba = self.affine_head.fit(pm, pf, size) if bidirectional else None
+            # both directions as one batch: (moving, fixed) sources, (fixed, moving) target points
+            sources, targets, found = (torch.cat([moving, fixed]), torch.cat([pf, pm]), torch.cat([pm, pf])) if bidirectional else (moving, pf, pm)
+            theta = self.affine_head.fit(targets, found, size)
             for _ in range(self.affine_passes - 1):
-                theta_ab = self._cascade_pass(moving, pf, theta_ab, size)
-                theta_ba = self._cascade_pass(fixed, pm, theta_ba, size) if bidirectional else None
-            return theta_ab, theta_ba
+                theta = self._cascade_pass(sources, targets, theta, size)
+            n = moving.shape[0]
+            return theta[:n], theta[n:] if bidirectional else None
         theta_ab = self.affine_head(torch.cat([fm[-1], ff[-1]], dim=1), size)
         return theta_ab, self.affine_head(torch.cat([ff[-1], fm[-1]], dim=1), size) if bidirectional else None
 
