@@ -43,7 +43,7 @@ def rotated_shifted(templates, degrees: float = 10.0, shift_mm=(4.0, -4.0, 2.0))
 def cascade_errors(registrar, templates, passes: int) -> dict[str, float]:
     """Errors (voxels) of the network alone with ``passes`` keypoint passes."""
     registrar.network.affine_passes = passes
-    brain = (np.asarray(templates.grey) + np.asarray(templates.white)) > 0.5
+    brain = templates.brain_mask
     t1, aff = np.asarray(templates.t1), templates.affine
     out = {}
     for degrees, shift in MOTIONS:

@@ -87,7 +87,7 @@ def shifted_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("shift")
     fixed = root / "fixed.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(t.t1), t.affine), fixed)
-    brain = (np.asarray(t.grey) + np.asarray(t.white)) > 0.5
+    brain = t.brain_mask
     registrar = PairRegistrar(network_from_config(3), MODEL)
     results = {}
     for name, (array, affine) in _moving_variants(np.asarray(t.t2), t.affine, SHIFT_MM).items():

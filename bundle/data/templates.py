@@ -87,6 +87,11 @@ class SpmTemplates:
         """The priors as ``{"csf", "grey", "white"}``, the input of ``simulate_contrast``."""
         return {"csf": self.csf, "grey": self.grey, "white": self.white}
 
+    @property
+    def brain_mask(self) -> np.ndarray:
+        """Voxels where grey plus white matter probability exceeds 0.5: the brain the shipped-model checks score."""
+        return (np.asarray(self.grey) + np.asarray(self.white)) > 0.5
+
 
 @dataclass(frozen=True)
 class Mni152Templates:

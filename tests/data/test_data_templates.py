@@ -32,6 +32,15 @@ def test_spm_templates_share_one_grid():
     assert templates.load_spm_templates() is spm  # cached
 
 
+def test_brain_mask_is_the_parenchyma():
+    spm = templates.load_spm_templates()
+    brain = spm.brain_mask
+    assert brain.shape == spm.t1.shape and brain.dtype == bool
+    # about 1.2-1.5 litres of 8 mm^3 voxels; excludes CSF-dominated voxels
+    assert 1.0e6 < brain.sum() * 8.0 < 1.8e6, brain.sum()
+    assert not brain[spm.csf > 0.9].any()
+
+
 def test_contrasts_differ_where_tissues_differ():
     spm = templates.load_spm_templates()
     wm, csf = spm.white > 0.9, spm.csf > 0.9
