@@ -62,8 +62,9 @@ def cascade_errors(registrar, templates, passes: int) -> dict[str, float]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--checkpoint", default=None, help="weights to measure (default: the shipped configs' checkpoint)")
     args = ap.parse_args(argv)
-    registrar = _registrar(_parser().get_parsed_content("checkpoint"))
+    registrar = _registrar(args.checkpoint or _parser().get_parsed_content("checkpoint"))
     registrar.load_weights()
     templates = load_spm_templates()
     results = {p: cascade_errors(registrar, templates, p) for p in args.passes}
