@@ -67,7 +67,13 @@ def test_affine_stage_recovers_left_right_translation(registrar, templates):
         assert abs(np.median(res["ddf_voxel"][0][brain]) - shift) < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="keypoint head (7,484 CPU steps) + deformable head fine-tuned behind it (400 steps): 1.31 voxels mean error (1.45 before the fine-tune, 4.48 with the regression head)")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "keypoint head (7,484 CPU steps) + deformable head fine-tuned behind it (400 steps): "
+        "1.31 voxels mean error (1.45 before the fine-tune, 4.48 with the regression head)"
+    ),
+)
 def test_network_alone_recovers_a_10_degree_rotation_and_a_6_mm_shift_within_one_voxel(registrar, templates):
     moving, expected = rotated_shifted(templates)
     res = registrar.register_arrays(np.asarray(templates.t1), templates.affine, moving, templates.affine)
@@ -120,7 +126,10 @@ def test_directions_are_inverse_consistent(registrar):
     assert motion > 1.0 and rms < 0.5 * motion, (rms, motion)
 
 
-@pytest.mark.xfail(strict=True, reason="shipped model under-trained: inverse-consistency residual 0.99 voxel RMS for 8.4 voxels of motion (1.59 before the deformable fine-tune)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="shipped model under-trained: inverse-consistency residual 0.99 voxel RMS for 8.4 voxels of motion (1.59 before the fine-tune)",
+)
 def test_directions_are_inverse_consistent_within_half_a_voxel(registrar):
     rms, _ = _inverse_consistency(registrar)
     assert rms < 0.5
