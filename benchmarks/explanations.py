@@ -3,8 +3,11 @@
     python -m benchmarks.explanations --pairs 2 --output outputs/benchmarks/explanations.json
 
 For each held-out sample pair: ``bundle.explain.sanity.sanity_report`` (randomisation Spearman,
-deletion ratio, localisation ratio per stage and scalar), and the wall time of explaining all
-default stages against the time of one inference, both measured in the same run.
+deletion ratio, localisation ratio per stage and scalar of the network),
+``bundle.explain.refinement.refinement_sanity_report`` (deletion and localisation of the
+refinement's similarity-gradient maps, the refiner of ``configs/inference.json``), and the wall
+time of explaining all default network stages against the time of one inference, both measured
+in the same run.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from bundle.cli import BUNDLE_ROOT
 from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
 from bundle.explain.gradcam import explain_pair
+from bundle.explain.refinement import refinement_sanity_report
 from bundle.explain.sanity import SanitySettings, sanity_report
-from bundle.inference import PairRegistrar
 
-from .run import _network
+from .run import _registrar
 
 
 def main(argv=None) -> dict:
@@ -34,7 +37,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
     args = parser.parse_args(argv)
     datalist = ensure_sample_datalist(BUNDLE_ROOT / "sample_data" / "3d", spatial_dims=3, spacing_mm=2.0, n_train=32, n_val=4, n_test=20)
-    registrar = PairRegistrar(_network(3), args.checkpoint)
+    registrar = _registrar(args.checkpoint)
     registrar.load_weights()
     net = registrar.network
     results, out = [], {"pairs": 0}
@@ -49,6 +52,9 @@ def main(argv=None) -> dict:
         maps = explain_pair(net, m, f, spacing_mm=registrar.spacing_mm)
         t_explain = time.perf_counter() - t0
         report = sanity_report(net, m, f, SanitySettings(spacing_mm=registrar.spacing_mm))
+        t0 = time.perf_counter()
+        report.update(refinement_sanity_report(registrar.refiner, net, m, f, box=report["settings"]["box"]))
+        print(f"refinement checks: {time.perf_counter() - t0:.1f} s", flush=True)
         results.append({"pair": item["fixed"], "contrast": item.get("contrast"), "seconds_inference": t_infer,
                         "seconds_explain_all": t_explain, "maps": len(maps), "report": report})
         print(json.dumps({"pair": item["fixed"], "explain/infer": t_explain / t_infer}), flush=True)

@@ -10,6 +10,10 @@ each refined parameter's gradient is the sum over voxels of its share:
   ``p_j = 1`` for the translation column), ``sum_v c(v) = dS/dtheta_ij``;
 * velocity field: ``|g(v)|``, the magnitude of the force at the refined affine.
 
+:func:`refinement_deletion_check` and :func:`refinement_deformable_checks` run the deletion and
+localisation checks of :mod:`bundle.explain.sanity` on these maps (randomisation does not apply:
+the refinement has no learned weights).
+
 Each map is ``|c(v)|`` on the network grid, returned as :class:`bundle.explain.gradcam.Explanation`
 objects (method ``"similarity_gradient"``) so the writer stores them with the Grad-CAM maps.
 """
@@ -23,7 +27,7 @@ from ..networks.deformable_head import field_to_ddf
 from ..refine import InstanceRefiner
 from .gradcam import Explanation
 
-__all__ = ["affine_parameter_names", "refinement_explanations", "refinement_deletion_check"]
+__all__ = ["affine_parameter_names", "refinement_explanations", "refinement_deletion_check", "refinement_deformable_checks", "refinement_sanity_report"]
 
 _AXES = "xyz"
 
@@ -45,7 +49,7 @@ def _similarity_and_force(refiner: InstanceRefiner, name: str, moving, fixed, sy
         u = ddf.detach().clone().requires_grad_(True)
         s = -refiner.level_loss(loss_fn, name, refiner.warp(src, u), tgt, fixed if foreground_of is None else foreground_of, threshold)
         (g,) = torch.autograd.grad(s, u)
-    return float(s), g
+    return float(s.detach()), g
 
 
 def _affine_shares(g: torch.Tensor):
@@ -136,3 +140,107 @@ def refinement_deletion_check(
         _, top, rand = deletion_changes(value, x, ex.attribution, k, sigma, (0, 1), n_random, baseline, gen, reference=float(base[i, j]))
         out[ex.target] = top / max(rand, 1e-12)
     return out
+
+
+def _velocity_gradient(refiner: InstanceRefiner, moving, fixed, theta, velocity, integrate, foreground_of=None) -> torch.Tensor:
+    """``dS/dv``: the gradient of the deformable similarity with respect to the velocity (the update the stage takes)."""
+    size = tuple(moving.shape[2:])
+    ddf_aff = affine_to_ddf(theta, size)
+    with torch.enable_grad():
+        v = velocity.detach().clone().requires_grad_(True)
+        ddf = compose_affine_ddf(theta, ddf_aff, field_to_ddf(v, size, integrate))
+        src, tgt = refiner.source_target(refiner.deformable_similarity, moving, fixed)
+        name, threshold = refiner.deformable_similarity, refiner.deformable_foreground
+        s = -refiner.level_loss(refiner.similarity_loss(name, len(size)), name, refiner.warp(src, ddf), tgt,
+                                fixed if foreground_of is None else foreground_of, threshold)
+        (g,) = torch.autograd.grad(s, v)
+    return g
+
+
+def refinement_deformable_checks(
+    refiner: InstanceRefiner, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, velocity: torch.Tensor, integrate,
+    aligned_moving: torch.Tensor, box=None, amplitude: float | None = None, fraction: float = 0.1, n_random: int = 5, sigma: float = 4.0,
+    seed: int = 0,
+) -> dict:
+    """Deletion and localisation checks of the ``refine_deformable`` map (batch of one).
+
+    * deletion: the map where the velocity refinement starts (``theta``, ``velocity``); blurring
+      its top ``fraction`` of voxels in both images must change the map's value, the similarity
+      ``S``, more than blurring random voxels of equal number (``deletion_ratio``, the check the
+      network's stages get). ``deletion_ratio_update`` does the same for the stage's update, the
+      gradient ``dS/dv`` with respect to the velocity (relative L2 change): MI's force at a voxel
+      depends on the whole joint histogram, so any blurring changes it everywhere and this ratio
+      stays near 1 (reported, not a pass/fail). The similarity keeps the unblurred fixed image's
+      foreground;
+    * localisation: ``aligned_moving`` (the pair's refined, aligned moving image) deformed only
+      inside ``box`` (:func:`bundle.explain.localisation.local_deformation_case`); at the identity
+      the force map should put its mass in the box (ratio to the box's volume share; 1 = none).
+
+    Returns:
+        ``{"value", "deletion_ratio", "deletion_top_change", "deletion_random_change", "deletion_ratio_update",
+        "localisation_ratio", "localisation_mass_fraction", "localisation_volume_fraction", "box"}``.
+    """
+    from .deletion import blur_voxels, deletion_changes, random_mask, top_mask
+    from .localisation import default_box, local_deformation_case, localisation_fraction
+
+    name, threshold = refiner.deformable_similarity, refiner.deformable_foreground
+    size = tuple(moving.shape[2:])
+    ddf = compose_affine_ddf(theta, affine_to_ddf(theta, size), field_to_ddf(velocity, size, integrate))
+    value, force = _similarity_and_force(refiner, name, moving, fixed, None, ddf, threshold)
+    x = torch.cat([moving, fixed], dim=1)
+    k = max(1, int(round(fraction * moving[0, 0].numel())))
+    base = _velocity_gradient(refiner, moving, fixed, theta, velocity, integrate)
+
+    def change(mask):
+        y = blur_voxels(x, mask.to(x.device), sigma, (0, 1))
+        g = _velocity_gradient(refiner, y[:, :1], y[:, 1:], theta, velocity, integrate, foreground_of=fixed)
+        return float((g - base).norm() / base.norm().clamp_min(1e-12))
+
+    def similarity(y):
+        return _similarity_and_force(refiner, name, y[:, :1], y[:, 1:], None, ddf, threshold, foreground_of=fixed)[0]
+
+    attribution = force.norm(dim=1, keepdim=True)
+    _, top, rand = deletion_changes(similarity, x, attribution, k, sigma, (0, 1), n_random, "voxels", torch.Generator().manual_seed(seed), value)
+    gen = torch.Generator().manual_seed(seed)  # the same random masks for the update
+    top_update = change(top_mask(attribution.detach().cpu(), k))
+    rand_update = sum(change(random_mask(attribution.shape, k, gen)) for _ in range(n_random)) / n_random
+    box = default_box(fixed) if box is None else [tuple(int(v) for v in b) for b in box]
+    deformed, mask, _ = local_deformation_case(aligned_moving, box, amplitude)
+    _, g_case = _similarity_and_force(refiner, name, deformed, fixed, None, torch.zeros_like(ddf), threshold)
+    loc = localisation_fraction(g_case.norm(dim=1, keepdim=True), mask)
+    return {
+        "value": value, "deletion_ratio": top / max(rand, 1e-12), "deletion_top_change": top, "deletion_random_change": rand,
+        "deletion_ratio_update": top_update / max(rand_update, 1e-12), "localisation_ratio": loc["ratio"], "localisation_mass_fraction": loc["mass_fraction"],
+        "localisation_volume_fraction": loc["volume_fraction"], "box": [list(b) for b in box],
+    }
+
+
+def refinement_sanity_report(refiner: InstanceRefiner, network, moving: torch.Tensor, fixed: torch.Tensor, box=None, seed: int = 0) -> dict:
+    """Deletion and localisation checks of the refinement's maps on one pair, as the pipeline runs it.
+
+    The network predicts, the refiner refines from there (multi-start as configured); the
+    ``refine_affine`` maps are checked at the network's affine, the ``refine_deformable`` map
+    where the velocity refinement started and, for localisation, on the refined (aligned)
+    moving image deformed inside ``box``. ``moving``/``fixed``: ``(1, 1, *S)`` on the network grid.
+
+    Returns:
+        ``{"refine_affine": {parameter: {"deletion_ratio"}}, "refine_deformable": {"force_magnitude":
+        :func:`refinement_deformable_checks`}}``, in the layout of :func:`bundle.explain.sanity.sanity_report`.
+    """
+    from monai.networks.blocks import Warp
+
+    from ..networks.bundle_net import structured_forward
+
+    dims = moving.ndim - 2
+    integrate = network.deformable_head.integrate
+    with torch.no_grad():
+        out = structured_forward(network, moving, fixed, bidirectional=False, synthesis=refiner.needs_synthesis).forward
+    identity = torch.cat([torch.eye(dims), torch.zeros(dims, 1)], 1)[None].to(out.theta)
+    res = refiner.refine(moving, fixed, out.theta, out.velocity, integrate, out.synth, [identity] if refiner.multistart else [])
+    maps = refinement_explanations(refiner, moving, fixed, out.theta, out.velocity, res.theta, integrate, out.synth)
+    affine = refinement_deletion_check(refiner, moving, fixed, out.theta, maps, seed=seed)
+    velocity_start = torch.zeros_like(out.velocity) if res.stats.get("deformable", {}).get("start") == "zero" else out.velocity
+    with torch.no_grad():
+        aligned = Warp(mode="bilinear", padding_mode="zeros")(moving, res.ddf)
+    deformable = refinement_deformable_checks(refiner, moving, fixed, res.theta, velocity_start, integrate, aligned, box=box, seed=seed)
+    return {"refine_affine": {k: {"deletion_ratio": v} for k, v in affine.items()}, "refine_deformable": {"force_magnitude": deformable}}

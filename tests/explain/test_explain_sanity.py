@@ -31,3 +31,22 @@ def test_sanity_report_keys(fitted):
         assert math.isfinite(row[key]), key
     assert rep["settings"]["n_random"] == 2 and rep["settings"]["scope"] == "downstream"
     assert len(rep["settings"]["box"]) == 2
+
+
+def test_refinement_sanity_report_checks_the_pipeline_refinement(fitted):
+    """The refinement's maps, on a pair the network registers and the refiner then refines: every affine
+    parameter gets a finite deletion ratio and the velocity's force map localises the pair's bump box
+    (pair 1 is ``local_deformation_case(anatomy, BOX)``: the only deformation lies in the box)."""
+    from explain_helpers import BOX
+
+    from bundle.explain.refinement import refinement_sanity_report
+    from bundle.refine import InstanceRefiner
+
+    net, (mov, fix, _, _) = fitted
+    refiner = InstanceRefiner(levels=[2, 1], affine_iterations=10, deformable_iterations=10)
+    rep = refinement_sanity_report(refiner, net, mov[1:2], fix[1:2], box=BOX)
+    assert set(rep) == {"refine_affine", "refine_deformable"}
+    assert len(rep["refine_affine"]) == 6 and all(math.isfinite(r["deletion_ratio"]) for r in rep["refine_affine"].values())
+    row = rep["refine_deformable"]["force_magnitude"]
+    assert math.isfinite(row["deletion_ratio"]) and row["box"] == [list(b) for b in BOX]
+    assert row["localisation_ratio"] > 2.0, row
