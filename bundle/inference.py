@@ -75,11 +75,16 @@ class PairRegistrar:
         intensity: the intensity transform of training's preprocessing (``configs/common.json``
             ``intensity_scaling``), applied to each original image before it is resampled;
             default: :func:`default_intensity_scaling`.
+        refine_upsample: the refinement runs on the network grid made this many times finer per
+            axis (same cell extent and centre, so the network's affine and velocity carry over
+            exactly); ``"auto"``: the network voxel size over the fixed image's smallest one,
+            rounded, so that data finer than the network grid are refined at their own resolution.
+        max_refine_upsample: the bound on ``"auto"`` (the finest grid costs ``k ** dims`` times more).
     """
 
     def __init__(
         self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False,
-        initialise: bool = True, refiner=None, intensity=None,
+        initialise: bool = True, refiner=None, intensity=None, refine_upsample: int | str = 1, max_refine_upsample: int = 2,
     ):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -92,6 +97,10 @@ class PairRegistrar:
         self.initialise = as_bool(initialise, "initialise")
         self.refiner = refiner
         self.intensity = intensity if intensity is not None else default_intensity_scaling()
+        if refine_upsample != "auto" and (isinstance(refine_upsample, bool) or int(refine_upsample) < 1):
+            raise ValueError(f"refine_upsample must be 'auto' or an integer >= 1, got {refine_upsample!r}")
+        self.refine_upsample = refine_upsample if refine_upsample == "auto" else int(refine_upsample)
+        self.max_refine_upsample = max(1, int(max_refine_upsample))
 
     def load_weights(self) -> None:
         """Load ``checkpoint`` once (lazily, so that a bad checkpoint is a user error, not a config error)."""
@@ -141,6 +150,28 @@ class PairRegistrar:
         f = self._to_network_grid(fixed, fixed_affine, net_affine, net_shape)
         m = self._to_network_grid(moving, moving_affine, net_affine, net_shape, shift_mm)
         return m[None], f[None], net_affine, net_shape
+
+    def refinement_factor(self, fixed_affine: np.ndarray) -> int:
+        """How many times finer than the network grid the refinement runs (see ``refine_upsample``)."""
+        if self.refine_upsample != "auto":
+            return self.refine_upsample
+        d = self.dims
+        finest = float(np.min(np.linalg.norm(np.asarray(fixed_affine, dtype=np.float64)[:d, :d], axis=0)))
+        return int(np.clip(round(self.spacing_mm / finest), 1, self.max_refine_upsample))
+
+    def refinement_grid(self, fixed, fixed_affine, moving, moving_affine, shift_mm, net_affine, net_shape, factor: int):
+        """Both images on the network grid ``factor`` times finer: the same cells, split ``factor`` ways.
+
+        Returns ``(moving, fixed, grid_affine, grid_shape)`` as :meth:`to_network_grid`.
+        """
+        d = self.dims
+        grid_affine = np.array(net_affine, dtype=np.float64)
+        grid_affine[:d, :d] /= factor
+        grid_affine[:d, d] -= net_affine[:d, :d] @ np.full(d, (factor - 1) / (2.0 * factor))
+        grid_shape = tuple(int(n) * factor for n in net_shape)
+        f = self._to_network_grid(fixed, fixed_affine, grid_affine, grid_shape)
+        m = self._to_network_grid(moving, moving_affine, grid_affine, grid_shape, shift_mm)
+        return m[None], f[None], grid_affine, grid_shape
 
     def load_pair(self, fixed_path, moving_path):
         """Load and validate two files; returns ``(fixed, fixed_affine, fixed_affine4, moving, moving_affine)``."""
@@ -201,9 +232,20 @@ class PairRegistrar:
             if not network:
                 theta0, velocity0 = identity, torch.zeros_like(out.velocity)
             starts = [identity] if network and refiner.multistart else []
-            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, out.synth, starts)
+            k = self.refinement_factor(fixed_affine)
+            grid_affine, synth = net_affine, out.synth
+            if k > 1:  # finer data: refine at their resolution; theta's translation is in the grid's voxels
+                m, f, grid_affine, grid_shape = self.refinement_grid(fixed, fixed_affine, moving, moving_affine, t_init, net_affine, net_shape, k)
+                m, f = m.to(self.device), f.to(self.device)
+                theta0 = torch.cat([theta0[:, :, : self.dims], theta0[:, :, self.dims :] * k], 2)
+                if synth is not None:
+                    synth = torch.nn.functional.interpolate(synth, size=grid_shape, mode="bilinear" if self.dims == 2 else "trilinear", align_corners=False)
+            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, synth, starts)
             ddf_vox, theta, stats, velocity = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats, res.velocity
+            theta = torch.cat([theta[:, :, : self.dims], theta[:, :, self.dims :] / k], 2)  # back to network-grid voxels
+            stats = {**stats, "upsample": k} if k > 1 else stats
         else:
+            grid_affine = net_affine
             ddf_vox, theta, velocity = (out.ddf if stage == "full" else out.ddf_affine), out.theta, out.velocity
         ddf_vox = ddf_vox[0].cpu().double()
         theta = theta[0].cpu().double().numpy()
@@ -211,10 +253,10 @@ class PairRegistrar:
         t3 = time.perf_counter()
         d = self.dims
         # float32 from here: mm coordinates keep ~1e-5 mm precision, at half the time and memory of float64
-        ddf_mm_net = torch.einsum("ij,j...->i...", torch.as_tensor(net_affine[:d, :d], dtype=torch.float32), ddf_vox.float())
+        ddf_mm_net = torch.einsum("ij,j...->i...", torch.as_tensor(grid_affine[:d, :d], dtype=torch.float32), ddf_vox.float())
         ddf_mm_net += torch.as_tensor(t_init, dtype=torch.float32).reshape(d, *([1] * d))  # zero without initialisation
         fixed_pts = grid_world_points(fixed_affine, fixed.shape)
-        ddf_mm = sample_at_world(ddf_mm_net, net_affine, fixed_pts, padding_mode="border")
+        ddf_mm = sample_at_world(ddf_mm_net, grid_affine, fixed_pts, padding_mode="border")
         lo, hi = float(moving.min()), float(moving.max())
         warped = sample_at_world(torch.from_numpy(moving)[None], moving_affine, fixed_pts.add_(ddf_mm), padding_mode="zeros")[0]
         inv = torch.as_tensor(np.linalg.inv(fixed_affine[:d, :d]), dtype=torch.float32)

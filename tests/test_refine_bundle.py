@@ -167,3 +167,20 @@ def test_2d_known_affine_recovered_within_half_a_voxel(tmp_path):
     mask = axial_slice(volumes["labels"], affine, k)[0] > 0
     err = float(np.linalg.norm(field - gt, axis=0)[mask].mean() / 2.0)
     assert err < 0.5, f"mean error {err:.3f} voxels"
+
+
+def test_refinement_grid_splits_the_network_cells():
+    """The finer refinement grid has the network grid's cells, each split ``k`` ways: same extent and centre."""
+    from bundle.resample import grid_world_points
+
+    net_affine = np.array([[2.0, 0, -31.0], [0, 2.0, 7.0], [0, 0, 1.0]])
+    net_shape = (32, 48)
+    registrar = type("R", (), {"dims": 2, "_to_network_grid": lambda self, a, aff, ga, gs, shift=None: torch.zeros(1, *gs)})()
+    from bundle.inference import PairRegistrar
+
+    _, _, grid_affine, grid_shape = PairRegistrar.refinement_grid(registrar, None, None, None, None, None, net_affine, net_shape, 2)
+    assert grid_shape == (64, 96)
+    coarse, fine = grid_world_points(net_affine, net_shape).double(), grid_world_points(grid_affine, grid_shape).double()
+    pooled = torch.nn.functional.avg_pool2d(fine[None], 2)[0]  # the mean of each cell's 4 fine centres is the cell's centre
+    assert torch.allclose(pooled, coarse, atol=1e-9)
+
