@@ -212,7 +212,8 @@ def markdown(rows: list[dict], checks: dict, command: str, checkpoint: str | Non
     if checkpoint:
         lines += ["", f"Model: `{checkpoint}` (2D, run at 2 mm; the PNG slices are resampled onto its grid), "
                   "with the shipped initialisation: `model_affine` its affine stage, `model_full` the network alone, "
-                  "`network_refined` the default pipeline (network + refinement, `configs/common.json`)."]
+                  "`network_refined` the default pipeline (network + refinement, `configs/common.json`; "
+                  "the refinement runs at the slices' own 1 mm, `refine_upsample: auto`)."]
     for name in MOTIONS:
         key = Path(name).stem.replace("BrainProtonDensitySlice", "")
         lines += ["", f"**{key}** ({_motion_text(name)})", "",

@@ -82,3 +82,13 @@ def test_mi_prefers_aligned_images():
     moving, fixed = _templates(2)
     loss = SparseMutualInformationLoss(num_bins=32)
     assert float(loss(moving, fixed)) < float(loss(torch.roll(moving, 6, dims=-1), fixed)) - 0.1
+
+
+def test_window_derivatives_are_the_weights_slopes():
+    from bundle.losses.mutual_information import cubic_bspline_derivatives, cubic_bspline_weights
+
+    frac = torch.linspace(0, 1, 11, dtype=torch.float64, requires_grad=True)
+    for w, slope in zip(cubic_bspline_weights(frac), cubic_bspline_derivatives(frac.detach())):
+        (grad,) = torch.autograd.grad(w.sum(), frac)
+        assert torch.allclose(grad, slope, atol=1e-12)
+    assert float(sum(cubic_bspline_derivatives(frac.detach())).abs().max()) < 1e-12  # the weights sum to 1 everywhere
