@@ -89,6 +89,6 @@ def test_window_derivatives_are_the_weights_slopes():
 
     frac = torch.linspace(0, 1, 11, dtype=torch.float64, requires_grad=True)
     for w, slope in zip(cubic_bspline_weights(frac), cubic_bspline_derivatives(frac.detach())):
-        (grad,) = torch.autograd.grad(w.sum(), frac)
+        (grad,) = torch.autograd.grad(w.sum(), frac, retain_graph=True)
         assert torch.allclose(grad, slope, atol=1e-12)
     assert float(sum(cubic_bspline_derivatives(frac.detach())).abs().max()) < 1e-12  # the weights sum to 1 everywhere
