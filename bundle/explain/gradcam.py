@@ -90,7 +90,7 @@ STAGES: dict[str, StageSpec] = {
     "decoder_ab": StageSpec("decoder_ab.decoder.blocks[-1]"),
     "decoder_ba": StageSpec("decoder_ba.decoder.blocks[-1]"),
     "affine": StageSpec("affine_head.conv"),
-    "deformable": StageSpec("deformable_head.decoder.blocks[-1]"),
+    "deformable": StageSpec("deformable_head.decoder.blocks[-1]", method="hirescam"),
 }
 DEFAULT_STAGES = ("encoder", "decoder_ab", "decoder_ba", "affine", "deformable")
 
