@@ -99,8 +99,8 @@ class InstanceRefiner:
             of the half image size), per level (a float: every level).
         velocity_lr: Adam step of the velocity, in voxels of its grid.
         velocity_optimiser: ``"adam"`` or ``"lbfgs"`` (L-BFGS with a strong Wolfe line search), per
-            level (a string: every level). On the finest level L-BFGS reaches Adam's objective in
-            about half the evaluations, each of which costs the same.
+            level (a string: every level). An evaluation costs what an Adam step costs; on the
+            benchmark pairs L-BFGS with half Adam's budget matched or beat its error (docs/README.md).
         regularisation: weight of the diffusion energy of the velocity.
         tolerance: relative improvement below which an iteration does not count as progress.
         patience: iterations without progress before a level stops.
