@@ -44,17 +44,20 @@ class RegistrationTrainer(SupervisedTrainer):
         deformable: run the deformable stage (``False``: train the keypoint affine stage alone).
         label_keys: batch keys of the moving and fixed label maps, passed to the loss (its
             ``overlap`` term); ``None``: the loss sees the images only.
+        gt_key: batch key of the pair's known motion, passed to the loss (its ``displacement``
+            term, synthetic supervision); ``None``: not read.
         All other arguments as in ``monai.engines.SupervisedTrainer``.
     """
 
     def __init__(
         self, *args, moving_key: str = "moving", fixed_key: str = "fixed", bidirectional: bool = True, synthesis: bool = True,
-        deformable: bool = True, label_keys: Sequence[str] | None = None, **kwargs,
+        deformable: bool = True, label_keys: Sequence[str] | None = None, gt_key: str | None = None, **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.moving_key, self.fixed_key = moving_key, fixed_key
         self.bidirectional, self.synthesis, self.deformable = bidirectional, synthesis, deformable
         self.label_keys = tuple(label_keys) if label_keys else ()
+        self.gt_key = gt_key
 
     def _iteration(self, engine, batchdata):
         if batchdata is None:
@@ -65,7 +68,8 @@ class RegistrationTrainer(SupervisedTrainer):
         labels = _pair(batchdata, engine.state.device, engine.non_blocking, self.label_keys) if self.label_keys else []
         output = structured_forward(engine.network, moving, fixed, bidirectional=self.bidirectional, synthesis=self.synthesis, deformable=self.deformable)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        terms = engine.loss_function(output, moving, fixed, *labels)
+        extra = {"gt_ddf": _pair(batchdata, engine.state.device, engine.non_blocking, (self.gt_key,))[0]} if self.gt_key else {}
+        terms = engine.loss_function(output, moving, fixed, *labels, **extra)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         terms["loss"].backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)

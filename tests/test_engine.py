@@ -228,3 +228,20 @@ def test_wall_time_limit_stops_every_rank_at_the_same_iteration():
         p.join(120)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     assert sorted(queue.get(timeout=5) for _ in range(2)) == [(0, 1), (1, 1)]
+
+
+def test_trainer_passes_the_known_motion_to_the_displacement_term():
+    """With ``gt_key`` the trainer reads the pair's ``gt_ddf`` and the loss reports the end-point error against it."""
+    net = _network()
+    pairs = [dict(p, gt_ddf=torch.full((1, 2, *SIZE), 1.0)) for p in _pairs()]
+    trainer = RegistrationTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=pairs, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3), loss_function=RegistrationLoss(2, weights={"displacement": 1.0}),
+        bidirectional=False, synthesis=False, gt_key="gt_ddf", decollate=False,
+    )
+    trainer.run()
+    assert "displacement" in trainer.state.output and trainer.state.output["displacement"] > 0.5  # sqrt(2)-ish: near-identity field
+    trainer = _trainer(_network(), max_epochs=1)
+    trainer.loss_function = RegistrationLoss(2, weights={"displacement": 1.0})
+    with pytest.raises(ValueError, match="gt_ddf"):
+        trainer.run()

@@ -13,7 +13,12 @@ rather than registration. Here every pair has its own anatomy and its own two co
    the probabilities, then blurred, multiplied by a smooth bias field, gamma-corrected and
    given noise. The fixed image is T1-weighted with probability ``p_fixed_t1``.
 3. **Motion**: the moving image (and its labels) is moved by the random affine + elastic
-   transform of the template pairs (``bundle.data.deform``).
+   transform of the template pairs (``bundle.data.deform``). The pair carries the motion as
+   ``gt_ddf``, in the convention of the evaluation pairs (``Warp()(moving, gt_ddf)`` gives the
+   unmoved image back), for the synthetic-supervision loss term (``loss#weights#displacement``).
+4. **Skull stripping**: with probability ``p_skull_strip`` each image, independently, shows
+   the brain only (its head tissue rendered black), so that pairs of a stripped and an
+   unstripped image (a skull-stripped FLAIR against a whole-head T1) occur in training.
 
 Everything runs in torch on the training grid (~0.2 s per 3D pair at 2 mm on one core) and is
 seeded: item ``i`` of draw ``k`` of a :class:`SynthPairDataset` is always the same pair, and each
@@ -110,6 +115,8 @@ class SynthPairGenerator:
             the evaluation pairs' defaults when ``None``).
         max_blur_vox, max_bias, max_noise: ranges of blur sigma, log bias-field amplitude and
             noise standard deviation (fraction of the maximum intensity).
+        p_skull_strip: probability that an image, independently of the other, shows the brain
+            only (0 draws nothing, so the pairs of earlier versions stay bitwise the same).
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class SynthPairGenerator:
         max_blur_vox: float = 1.0,
         max_bias: float = 0.3,
         max_noise: float = 0.04,
+        p_skull_strip: float = 0.0,
     ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -137,9 +145,11 @@ class SynthPairGenerator:
         self.jitter = parameter_jitter
         self.motion = motion or MotionRange()
         self.max_blur, self.max_bias, self.max_noise = max_blur_vox, max_bias, max_noise
+        self.p_skull_strip = float(p_skull_strip)
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.warp_nearest = Warp(mode="nearest", padding_mode="zeros")
+        self.warp_border = Warp(mode="bilinear", padding_mode="border")
 
     # -- anatomy ------------------------------------------------------------------------------
     def _anatomy(self, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
@@ -204,8 +214,27 @@ class SynthPairGenerator:
         matrix, elastic = self.motion.sample(rng, shape, self.spacing)
         return torch.from_numpy(np.asarray(compose_affine_ddf(matrix, elastic), dtype=np.float32))[None]
 
+    def _inverse(self, ddf: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+        """``u`` with ``u(x) = -ddf(x + u(x))`` (fixed-point iteration): the field that undoes ``ddf``.
+
+        ``moving(y) = image(y + ddf(y))``, so ``moving(x + u(x)) = image(x)``: ``u`` is the
+        ground-truth answer of the registration, as ``gt_ddf`` of the evaluation pairs.
+        """
+        u = -ddf
+        for _ in range(iterations):
+            u = -self.warp_border(ddf, u)
+        return u
+
+    def _strip(self, intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``intensities`` with the head tissue black with probability ``p_skull_strip``."""
+        if self.p_skull_strip > 0 and rng.random() < self.p_skull_strip:
+            intensities = np.array(intensities, dtype=np.float64)
+            intensities[TISSUES.index("head")] = 0.0
+        return intensities
+
     def __call__(self, seed: int | Sequence[int]) -> dict[str, torch.Tensor]:
-        """The pair of ``seed``: ``fixed``, ``moving``, ``fixed_label``, ``moving_label`` as ``(1, *S)``.
+        """The pair of ``seed``: ``fixed``, ``moving``, ``fixed_label``, ``moving_label`` as ``(1, *S)``
+        and ``gt_ddf`` ``(dims, *S)`` (voxels, see :meth:`_inverse`).
 
         Labels are 0 background (and head tissue), 1 CSF, 2 grey, 3 white matter: the most
         probable brain tissue where the brain probability is at least 0.5.
@@ -214,15 +243,16 @@ class SynthPairGenerator:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.no_grad():
             maps = self._anatomy(rng, gen)
-            fixed = self._render(maps, self._tissue_intensities(rng, rng.random() < self.p_fixed_t1), rng, gen)
-            moving = self._render(maps, self._tissue_intensities(rng, False), rng, gen)
+            fixed = self._render(maps, self._strip(self._tissue_intensities(rng, rng.random() < self.p_fixed_t1), rng), rng, gen)
+            moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
             brain = maps[:, :3]
             label = (brain.argmax(dim=1, keepdim=True) + 1).float()
             label[brain.sum(dim=1, keepdim=True) < 0.5] = 0
             ddf = self._motion(rng, maps.shape[2:])
             moving = self.warp(moving, ddf).clamp(0.0, 1.0)
             moving_label = self.warp_nearest(label, ddf)
-        return {"fixed": fixed[0], "moving": moving[0], "fixed_label": label[0], "moving_label": moving_label[0]}
+            gt_ddf = self._inverse(ddf)
+        return {"fixed": fixed[0], "moving": moving[0], "fixed_label": label[0], "moving_label": moving_label[0], "gt_ddf": gt_ddf[0]}
 
 
 class SynthPairDataset(torch.utils.data.Dataset):

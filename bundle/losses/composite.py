@@ -45,6 +45,9 @@ class RegistrationLoss(nn.Module):
     * ``overlap``: MONAI ``DiceLoss`` (background excluded) between the source's label map, one-hot
       and warped by the composed field (soft, bilinear), and the target's: the SynthMorph-style
       term on *synthesised* label maps (needs the labels; off, weight 0, by default).
+    * ``displacement``: synthetic supervision, the mean end-point error (voxels) of the forward
+      field against the pair's known motion ``gt_ddf`` over the fixed brain (``fixed_label > 0``,
+      the whole image without labels). Only synthesised pairs have it (off by default).
 
     Image terms are evaluated after ``downsample`` 2x average-poolings, which keeps MI
     affordable on 3D volumes at 2 mm.
@@ -61,7 +64,7 @@ class RegistrationLoss(nn.Module):
         labels: label values of the ``overlap`` term (0 is the background).
     """
 
-    default_weights = {"similarity": 1.0, "synthesis": 0.5, "cycle": 0.5, "inverse": 0.01, "smoothness": 1.0, "overlap": 0.0}
+    default_weights = {"similarity": 1.0, "synthesis": 0.5, "cycle": 0.5, "inverse": 0.01, "smoothness": 1.0, "overlap": 0.0, "displacement": 0.0}
 
     def __init__(
         self,
@@ -98,6 +101,15 @@ class RegistrationLoss(nn.Module):
         src = one_hot_labels(source_label, self.labels).to(stage.ddf.dtype)
         return self.dice(self.warp(src, stage.ddf), one_hot_labels(target_label, self.labels).to(stage.ddf.dtype))
 
+    @staticmethod
+    def displacement(stage: StageResult, gt_ddf: torch.Tensor, fixed_label: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean end-point error (voxels) of ``stage.ddf`` against ``gt_ddf``, over the fixed brain when labelled."""
+        epe = (stage.ddf - gt_ddf.to(stage.ddf.dtype)).norm(dim=1)
+        if fixed_label is None:
+            return epe.mean()
+        brain = (fixed_label[:, 0] > 0).to(epe.dtype)
+        return (epe * brain).sum() / brain.sum().clamp(min=1.0)
+
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if not self.downsample:
             return x
@@ -125,9 +137,15 @@ class RegistrationLoss(nn.Module):
         fixed: torch.Tensor,
         moving_label: torch.Tensor | None = None,
         fixed_label: torch.Tensor | None = None,
+        gt_ddf: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return every weighted term and their sum under ``"loss"`` (``overlap`` needs both label maps)."""
+        """Return every weighted term and their sum under ``"loss"`` (``overlap`` needs both label maps,
+        ``displacement`` the known motion ``gt_ddf``)."""
         terms = self._direction(output.forward, fixed)
+        if self.weights["displacement"]:
+            if gt_ddf is None:
+                raise ValueError("the displacement term needs the pair's gt_ddf (the trainer's gt_key; synthesised pairs have it).")
+            terms["displacement"] = self.displacement(output.forward, gt_ddf, fixed_label)
         if self.weights["overlap"]:
             if moving_label is None or fixed_label is None:
                 raise ValueError("the overlap term needs moving_label and fixed_label (the trainer's label_keys).")

@@ -90,3 +90,47 @@ def test_dataloader_workers_draw_new_pairs_each_epoch_reproducibly():
     first, again = _epochs(0, workers=2), _epochs(0, workers=2)
     assert not torch.equal(first[0][0], first[1][0]) and not torch.equal(first[0][1], first[1][1])
     assert all(torch.equal(a, b) for e1, e2 in zip(first, again) for a, b in zip(e1, e2))  # same torch seed: same data
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gt_ddf_undoes_the_motion(dims):
+    """``Warp()(moving_label, gt_ddf)`` gives the fixed labels back, as for the evaluation pairs."""
+    from monai.networks.blocks import Warp
+
+    gen = SynthPairGenerator(spatial_dims=dims, spacing_mm=4.0, size_divisor=8)
+    for seed in range(2):
+        pair = gen(seed)
+        assert pair["gt_ddf"].shape == (dims, *pair["fixed"].shape[1:])
+        brain = pair["fixed_label"] > 0
+        undone = Warp(mode="nearest", padding_mode="zeros")(pair["moving_label"][None], pair["gt_ddf"][None])[0]
+        moved = float((pair["moving_label"][brain] == pair["fixed_label"][brain]).float().mean())
+        agree = float((undone[brain] == pair["fixed_label"][brain]).float().mean())
+        assert moved < 0.8 < 0.95 < agree, (moved, agree)
+        assert float(pair["gt_ddf"].norm(dim=0)[brain[0]].mean()) > 1.0  # the motion is more than a voxel
+
+
+def test_still_pairs_have_a_zero_gt_ddf():
+    pair = SynthPairGenerator(spatial_dims=2, spacing_mm=4.0, **STILL)(1)
+    assert float(pair["gt_ddf"].abs().max()) < 1e-5
+
+
+def test_skull_stripping_blackens_the_head_of_each_image_independently():
+    """With probability 1 no head tissue is shown; with 0.5 both kinds of image occur, and mixed pairs too."""
+    anatomy_head = torch.from_numpy(source_anatomies(4.0)[0][3])
+    strip = SynthPairGenerator(spatial_dims=3, spacing_mm=4.0, size_divisor=8, p_skull_strip=1.0, **STILL)
+    pair = strip(0)
+    head = (pair["fixed_label"] == 0) & (pair["fixed"] > 0.3)
+    assert float(anatomy_head.max()) > 0.9  # the SPM source has head tissue to hide
+    assert float(head.float().mean()) < 0.01
+    half = SynthPairGenerator(spatial_dims=3, spacing_mm=4.0, size_divisor=8, p_skull_strip=0.5, **STILL)
+    kinds = set()
+    for seed in range(16):
+        p = half(seed)
+        bright_head = [float(((p["fixed_label"] == 0) & (img > 0.2)).float().mean()) > 0.02 for img in (p["fixed"], p["moving"])]
+        kinds.add(tuple(bright_head))
+    assert (True, False) in kinds or (False, True) in kinds  # one stripped, one whole-head image
+
+
+def test_skull_strip_probability_zero_keeps_earlier_pairs_bitwise():
+    a, b = SynthPairGenerator(spatial_dims=2, spacing_mm=4.0)(3), SynthPairGenerator(spatial_dims=2, spacing_mm=4.0, p_skull_strip=0.0)(3)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -79,3 +79,28 @@ def test_overlap_term_is_lowest_at_the_true_shift_and_needs_labels(shape):
         loss(out, image, image)
     terms = loss(out, image, image, moving_label, fixed_label)
     assert "overlap" in terms and torch.isclose(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
+def test_displacement_term_is_the_end_point_error_over_the_fixed_brain(shape):
+    from types import SimpleNamespace
+
+    dims = len(shape)
+    gt = torch.zeros(1, dims, *shape)
+    gt[:, 0] = 2.0
+    label = torch.zeros(1, 1, *shape)
+    label[(..., *[slice(4, 12)] * dims)] = 1
+    loss = RegistrationLoss(dims, weights={"displacement": 1.0})
+    assert float(loss.displacement(SimpleNamespace(ddf=gt.clone()), gt, label)) == pytest.approx(0.0, abs=1e-6)
+    off = gt.clone()
+    off[:, -1] = 1.5  # 1.5 voxels wrong inside and outside the brain
+    off[(slice(None), slice(None), *[slice(0, 2)] * dims)] += 10.0  # and far wrong outside it only
+    assert float(loss.displacement(SimpleNamespace(ddf=off), gt, label)) == pytest.approx(1.5, rel=1e-5)
+    assert float(loss.displacement(SimpleNamespace(ddf=off), gt)) > 1.5  # without labels: the whole image
+    net = MultiModalRegNet(dims, encoder_channels=(4, 8, 8), affine="keypoints", num_keypoints=4)
+    image = torch.rand(1, 1, *shape)
+    out = net(image, image, synthesis=False, deformable=False)
+    with pytest.raises(ValueError, match="displacement term needs"):
+        loss(out, image, image)
+    terms = loss(out, image, image, gt_ddf=gt)
+    assert float(terms["displacement"]) == pytest.approx(2.0, abs=0.2)  # the network's near-identity field vs a 2-voxel motion
