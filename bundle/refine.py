@@ -50,6 +50,13 @@ SIMILARITIES = ("mi", "lncc", "mind")
 OPTIMISERS = ("adam", "lbfgs")
 
 
+def _restore(params, state) -> None:
+    """Copy the saved tensors ``state`` back into ``params`` (the best point an optimiser saw)."""
+    with torch.no_grad():
+        for p, b in zip(params, state):
+            p.copy_(b)
+
+
 class _BudgetSpent(Exception):
     """Raised inside the L-BFGS closure once its evaluation budget is spent."""
 
@@ -285,9 +292,7 @@ class InstanceRefiner:
             loss.backward()
             opt.step()
             done += 1
-        with torch.no_grad():
-            for p, b in zip(params, best_state):
-                p.copy_(b)
+        _restore(params, best_state)
         return done, start, best
 
     def _lbfgs(self, params, objective, evaluations: int) -> tuple[int, float, float]:
@@ -321,9 +326,7 @@ class InstanceRefiner:
             opt.step(closure)
         except _BudgetSpent:
             pass
-        with torch.no_grad():
-            for p, b in zip(params, best_state):
-                p.copy_(b)
+        _restore(params, best_state)
         return done, start, best
 
     def _affine_ddf(self, theta: torch.Tensor, factor: int, size) -> torch.Tensor:
