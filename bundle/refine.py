@@ -98,7 +98,8 @@ class InstanceRefiner:
 
     Args:
         levels: pyramid factors, coarsest first (``[4, 2]``: 4x and 2x the network voxel size).
-        affine_iterations: Adam iterations of the affine stage, per level (an int: every level).
+        affine_iterations: iterations of the affine stage, per level (an int: every level; Adam
+            steps, or objective evaluations for ``"lbfgs"``).
         deformable_iterations: iterations of the velocity stage, per level (Adam steps, or
             objective evaluations for ``"lbfgs"``); 0 skips the level.
         affine_similarity, deformable_similarity: ``"mi"``, ``"lncc"`` or ``"mind"`` (see module).
@@ -108,6 +109,8 @@ class InstanceRefiner:
         velocity_optimiser: ``"adam"`` or ``"lbfgs"`` (L-BFGS with a strong Wolfe line search), per
             level (a string: every level). An evaluation costs what an Adam step costs; on the
             benchmark pairs L-BFGS with half Adam's budget matched or beat its error (docs/README.md).
+        affine_optimiser: ``"adam"`` or ``"lbfgs"`` for the affine parameters, per level (a string:
+            every level); ``affine_lr`` applies to Adam only.
         regularisation: weight of the diffusion energy of the velocity.
         tolerance: relative improvement below which an iteration does not count as progress.
         patience: iterations without progress before a level stops.
@@ -136,6 +139,7 @@ class InstanceRefiner:
         affine_lr: float | Sequence[float] = 0.005,
         velocity_lr: float = 0.05,
         velocity_optimiser: str | Sequence[str] = "adam",
+        affine_optimiser: str | Sequence[str] = "adam",
         regularisation: float = 1.0,
         tolerance: float = 1e-4,
         patience: int = 20,
@@ -160,9 +164,11 @@ class InstanceRefiner:
         self.affine_lr = [float(v) for v in _per_level(affine_lr, len(self.levels), "affine_lr")]
         self.velocity_lr = float(velocity_lr)
         self.velocity_optimiser = [str(v) for v in _per_level(velocity_optimiser, len(self.levels), "velocity_optimiser")]
-        bad = sorted(set(self.velocity_optimiser) - set(OPTIMISERS))
-        if bad:
-            raise ValueError(f"velocity_optimiser must be one of {OPTIMISERS} (or one per level), got {bad}")
+        self.affine_optimiser = [str(v) for v in _per_level(affine_optimiser, len(self.levels), "affine_optimiser")]
+        for name, chosen in (("velocity_optimiser", self.velocity_optimiser), ("affine_optimiser", self.affine_optimiser)):
+            bad = sorted(set(chosen) - set(OPTIMISERS))
+            if bad:
+                raise ValueError(f"{name} must be one of {OPTIMISERS} (or one per level), got {bad}")
         self.regularisation = float(regularisation)
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
@@ -379,8 +385,9 @@ class InstanceRefiner:
         def run_level(base, delta_m, delta_t, k):
             s, n = self.levels[k], self.affine_iterations[k]
             current = lambda: base + torch.cat([delta_m, delta_t * half], dim=2)  # noqa: E731
-            done, start, best = self._optimise([delta_m, delta_t], lambda: objectives[k](current()), n, self.affine_lr[k])
-            return {"level": s, "iterations": done, "similarity_before": -start, "similarity_after": -best}
+            method = self.affine_optimiser[k]
+            done, start, best = self._optimise([delta_m, delta_t], lambda: objectives[k](current()), n, self.affine_lr[k], method)
+            return {"level": s, "optimiser": method, "iterations": done, "similarity_before": -start, "similarity_after": -best}
 
         # every start is optimised on the coarsest level; the best one goes on to the finer levels
         candidates = []

@@ -35,18 +35,21 @@ def _rotation(dims: int, degrees: float, shift) -> torch.Tensor:
 IDENTITY = {2: _rotation(2, 0, [0, 0]), 3: _rotation(3, 0, [0, 0, 0])}
 
 
-@pytest.mark.parametrize("samples", [0, 2000])
+@pytest.mark.parametrize("samples,optimiser", [(0, "adam"), (2000, "adam"), (0, "lbfgs")])
 @pytest.mark.parametrize("dims,n", [(2, 64), (3, 32)])
-def test_affine_refinement_recovers_a_known_rotation_and_shift(dims, n, samples):
+def test_affine_refinement_recovers_a_known_rotation_and_shift(dims, n, samples, optimiser):
     """Moving = fixed warped by 10 degrees + 3 voxels; refined from the identity, error < 0.5 voxel,
-    with the similarity on every voxel and on 2000 sampled voxels per level."""
+    with the similarity on every voxel and on 2000 sampled voxels per level, by Adam and by L-BFGS
+    (with a fifth of Adam's budget)."""
     fixed = _blobs(dims, n)
     truth = _rotation(dims, 10.0, [3.0] + [0.0] * (dims - 1))
     # moving(warp(x)) = fixed(x)  <=>  moving = fixed warped by the inverse map
     inv = torch.linalg.inv(torch.cat([truth[0], torch.eye(dims + 1)[-1:]], 0))[:dims][None]
     moving = Warp(mode="bilinear", padding_mode="zeros")(fixed, affine_to_ddf(inv, fixed.shape[2:]))
+    iterations = [150, 80] if optimiser == "adam" else [30, 15]
     refiner = InstanceRefiner(
-        levels=[2, 1], affine_iterations=[150, 80], deformable_iterations=0, affine_lr=0.01, multistart=False, samples=samples
+        levels=[2, 1], affine_iterations=iterations, deformable_iterations=0, affine_lr=0.01, multistart=False, samples=samples,
+        affine_optimiser=optimiser,
     )
     velocity = torch.zeros((1, dims) + (n // 4,) * dims)
     res = refiner.refine(moving, fixed, IDENTITY[dims], velocity)
@@ -54,6 +57,8 @@ def test_affine_refinement_recovers_a_known_rotation_and_shift(dims, n, samples)
     inside = fixed[:, 0] > 0
     assert float(err[inside].mean()) < 0.5, res.stats
     assert res.stats["affine"]["similarity_after"] > res.stats["affine"]["similarity_before"]
+    assert [lv["optimiser"] for lv in res.stats["affine"]["levels"]] == [optimiser] * 2
+    assert all(lv["iterations"] <= n for lv, n in zip(res.stats["affine"]["levels"], iterations))
 
 
 @pytest.mark.parametrize("similarity,samples,optimiser", [("mi", 0, "adam"), ("mind", 0, "adam"), ("mi", 500, "adam"), ("mi", 0, "lbfgs")])
@@ -66,6 +71,7 @@ def test_refinement_never_lowers_its_objective(dims, similarity, samples, optimi
     refiner = InstanceRefiner(
         levels=[2, 1], affine_iterations=20, deformable_iterations=20, affine_similarity=similarity,
         deformable_similarity=similarity, velocity_lr=0.5, regularisation=0.01, samples=samples, velocity_optimiser=optimiser,
+        affine_optimiser=optimiser,
     )
     res = refiner.refine(moving, fixed, IDENTITY[dims], torch.zeros((1, dims) + (n // 4,) * dims), DVF2DDF(num_steps=7))
     a, d = res.stats["affine"], res.stats["deformable"]
@@ -98,6 +104,8 @@ def test_refiner_rejects_bad_settings():
         InstanceRefiner(velocity_optimiser="sgd")
     with pytest.raises(ValueError, match="velocity_optimiser must be one of"):
         InstanceRefiner(levels=[4, 2], velocity_optimiser=["lbfgs", "newton"])
+    with pytest.raises(ValueError, match="affine_optimiser must be one of"):
+        InstanceRefiner(affine_optimiser="sgd")
     with pytest.raises(ValueError, match="velocity_upsample must be >= 1"):
         InstanceRefiner(velocity_upsample=0)
     with pytest.raises(ValueError, match="not divisible"):
