@@ -83,19 +83,26 @@ def _infer(pair, out, *extra, moving="moving", check=True):
     )
 
 
-def test_known_affine_recovered_within_half_a_voxel_with_refinement(pair_3d, tmp_path):
-    _infer(pair_3d, tmp_path / "refined")
-    err = _error_voxels(tmp_path / "refined", pair_3d["gt"], pair_3d["mask"])
+@pytest.fixture(scope="module")
+def refined_3d(pair_3d):
+    """The default pipeline (initialisation, network, refinement) on the known-affine pair: its output folder."""
+    out = pair_3d["folder"] / "refined"
+    _infer(pair_3d, out)
+    return out
+
+
+def test_known_affine_recovered_within_half_a_voxel_with_refinement(pair_3d, refined_3d):
+    err = _error_voxels(refined_3d, pair_3d["gt"], pair_3d["mask"])
     print(f"known affine, refined: mean error {err:.3f} voxels")
     assert err < 0.5, f"mean error {err:.3f} voxels"
-    metrics = json.loads((tmp_path / "refined" / "metrics.json").read_text())
+    metrics = json.loads((refined_3d / "metrics.json").read_text())
     affine = metrics["refinement"]["affine"]
     assert affine["iterations"] > 0 and affine["similarity_after"] >= affine["similarity_before"]
     assert metrics["refinement"]["deformable"]["objective_after"] <= metrics["refinement"]["deformable"]["objective_before"]
     assert metrics["seconds"]["refine"] > 0 and metrics["folding_percent"] < 0.01  # a few voxels of 10^5 at most (0.0009 % seen once)
 
 
-def test_refine_false_reproduces_the_network_only_result_bitwise(pair_3d, tmp_path):
+def test_refine_false_reproduces_the_network_only_result_bitwise(pair_3d, refined_3d, tmp_path):
     """``--refine false`` through the bundle equals the registrar without any refiner."""
     from monai.bundle import ConfigParser
 
@@ -112,9 +119,10 @@ def test_refine_false_reproduces_the_network_only_result_bitwise(pair_3d, tmp_pa
         b = np.asarray(nib.load(str(tmp_path / "python" / name)).dataobj)
         assert np.array_equal(a, b), name
     assert json.loads((tmp_path / "bundle" / "metrics.json").read_text())["refinement"] == {}
-    # and the refinement improves on it
+    # the network alone is within a voxel, and the refinement improves on it
     err_net = _error_voxels(tmp_path / "bundle", pair_3d["gt"], pair_3d["mask"])
-    assert err_net > 0.5
+    err_refined = _error_voxels(refined_3d, pair_3d["gt"], pair_3d["mask"])
+    assert err_net < 1.0 and err_refined < 0.8 * err_net, f"network {err_net:.3f}, refined {err_refined:.3f} voxels"
 
 
 def test_origins_200_mm_apart_still_register_with_initialisation(pair_3d, tmp_path):
