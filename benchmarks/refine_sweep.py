@@ -33,6 +33,13 @@ def shipped_refiner_kwargs(dims: int = 3) -> dict:
     return {k: parser.get_parsed_content(f"refiner#{k}") for k in parser["refiner"] if not k.startswith("_")}
 
 
+def variant_refiner(base: dict, over: dict) -> tuple[InstanceRefiner, bool]:
+    """A variant's refiner (``over`` on the ``base`` keywords) and whether it starts from the network."""
+    over = dict(over)
+    from_network = bool(over.pop("network", True))
+    return InstanceRefiner(**{**base, **over}), from_network
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="subject", choices=["subject", "templates"])
@@ -51,9 +58,7 @@ def main(argv=None) -> dict:
     for item, is_null in [(i, True) for i in nulls] + [(i, False) for i in items]:
         pair = PairData(registrar, item)
         for name, over in variants.items():
-            over = dict(over)
-            from_network = bool(over.pop("network", True))
-            registrar.refiner = InstanceRefiner(**{**base, **over})
+            registrar.refiner, from_network = variant_refiner(base, over)
             t0 = time.perf_counter()
             res = registrar.register_arrays(pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, network=from_network)
             seconds = time.perf_counter() - t0
