@@ -233,14 +233,15 @@ class PairRegistrar:
                 theta0, velocity0 = identity, torch.zeros_like(out.velocity)
             starts = [identity] if network and refiner.multistart else []
             k = self.refinement_factor(fixed_affine)
-            grid_affine, synth = net_affine, out.synth
+            grid_affine, synth, m_net, f_net = net_affine, out.synth, m, f
             if k > 1:  # finer data: refine at their resolution; theta's translation is in the grid's voxels
                 m, f, grid_affine, grid_shape = self.refinement_grid(fixed, fixed_affine, moving, moving_affine, t_init, net_affine, net_shape, k)
                 m, f = m.to(self.device), f.to(self.device)
                 theta0 = torch.cat([theta0[:, :, : self.dims], theta0[:, :, self.dims :] * k], 2)
                 if synth is not None:
                     synth = torch.nn.functional.interpolate(synth, size=grid_shape, mode="bilinear" if self.dims == 2 else "trilinear", align_corners=False)
-            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, synth, starts)
+            predict = self._velocity_predictor(m_net, f_net, k) if network else None
+            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, synth, starts, predict)
             ddf_vox, theta, stats, velocity = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats, res.velocity
             theta = torch.cat([theta[:, :, : self.dims], theta[:, :, self.dims :] / k], 2)  # back to network-grid voxels
             stats = {**stats, "upsample": k} if k > 1 else stats
@@ -283,6 +284,17 @@ class PairRegistrar:
             "net_shape": net_shape,
             "seconds": seconds,
         }
+
+    def _velocity_predictor(self, moving: torch.Tensor, fixed: torch.Tensor, k: int):
+        """``theta -> velocity``: the network's deformable field behind an affine given on a grid ``k``
+        times finer than the network grid ``moving``/``fixed`` (translation in that grid's voxels)."""
+        d = self.dims
+
+        def predict(theta: torch.Tensor) -> torch.Tensor:
+            theta_net = torch.cat([theta[:, :, :d], theta[:, :, d:] / k], 2)
+            return self.network.deformable_field(moving, fixed, theta_net.to(moving.dtype))
+
+        return predict
 
     def inverse_fields(self, velocity, affine_world, net_affine, net_shape, fixed_affine, fixed_shape, moving_affine, moving_shape) -> dict:
         """The inverse map ``phi^-1 = psi^-1 o A^-1`` (moving points -> fixed points).

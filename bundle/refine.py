@@ -126,6 +126,10 @@ class InstanceRefiner:
         multistart: also start the affine stage from the identity (the initialisation alone)
             and keep whichever start reaches the better coarse similarity; start the velocity
             stage from zero instead of the network's field when that has the lower objective.
+        repredict_velocity: start the velocity stage from the deformable head's field predicted
+            again behind the *refined* affine (one encoder + head pass, when :meth:`refine` gets
+            ``predict_velocity``), instead of the field it predicted behind its own affine, which
+            no longer fits once the affine has moved.
         enabled: ``False`` returns the network's result untouched.
     """
 
@@ -150,6 +154,7 @@ class InstanceRefiner:
         samples: int = 0,
         velocity_upsample: int = 1,
         multistart: bool = True,
+        repredict_velocity: bool = False,
         enabled: bool = True,
     ):
         self.levels = [int(v) for v in levels]
@@ -183,6 +188,7 @@ class InstanceRefiner:
         if self.velocity_upsample < 1:
             raise ValueError(f"velocity_upsample must be >= 1 (1: the network's grid), got {velocity_upsample}")
         self.multistart = as_bool(multistart, "multistart")
+        self.repredict_velocity = as_bool(repredict_velocity, "repredict_velocity")
         self.enabled = as_bool(enabled, "refine")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.smoothness = Diffusion()
@@ -340,6 +346,7 @@ class InstanceRefiner:
 
     def refine(
         self, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, velocity: torch.Tensor, integrate=None, synth=None, starts=(),
+        predict_velocity=None,
     ) -> RefinementResult:
         """Refine ``theta`` then ``velocity`` for ``moving`` -> ``fixed`` (both ``(B, 1, *S)`` on the network grid).
 
@@ -351,6 +358,8 @@ class InstanceRefiner:
             synth: the moving image rendered in the fixed contrast (for ``"lncc"``).
             starts: other affines to start from (e.g. the identity); each is optimised on the
                 coarsest level beside ``theta`` and the best one continues (a multi-start).
+            predict_velocity: ``theta -> velocity``, the network's deformable field behind a given
+                affine (used with ``repredict_velocity``).
         """
         size_full = tuple(moving.shape[2:])
         bad = [s for s in self.levels if any(n % s for n in size_full)]
@@ -362,7 +371,13 @@ class InstanceRefiner:
             return self._result(theta0, velocity0, integrate, size_full, stats)
         with torch.enable_grad():
             theta_r = self._refine_affine(moving, fixed, synth, theta0, stats, starts)
+            repredicted = self.repredict_velocity and predict_velocity is not None and any(self.deformable_iterations)
+            if repredicted:
+                with torch.no_grad():
+                    velocity0 = predict_velocity(theta_r).detach().to(velocity0)
             velocity_r = self._refine_velocity(moving, fixed, synth, theta_r, velocity0, integrate, stats)
+            if "deformable" in stats:
+                stats["deformable"]["network_field"] = "re-predicted behind the refined affine" if repredicted else "the forward pass's"
         return self._result(theta_r, velocity_r, integrate, size_full, stats)
 
     def _result(self, theta, velocity, integrate, size, stats) -> RefinementResult:

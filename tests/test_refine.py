@@ -303,3 +303,31 @@ def test_affine_rate_per_level():
     assert InstanceRefiner(levels=[2, 1], affine_lr=[0.01, 0.002]).affine_lr == [0.01, 0.002]
     with pytest.raises(ValueError, match=r"affine_lr needs one value per level \(2\)"):
         InstanceRefiner(levels=[2, 1], affine_lr=[0.01, 0.002, 0.001])
+
+
+@pytest.mark.parametrize("repredict", [True, False])
+def test_velocity_start_is_repredicted_behind_the_refined_affine(repredict):
+    """With ``repredict_velocity`` the network's field is asked for again, behind the affine the refinement found."""
+    dims, n = 2, 64
+    fixed = _blobs(dims, n)
+    truth = _rotation(dims, 8.0, [2.0, 0.0])
+    inv = torch.linalg.inv(torch.cat([truth[0], torch.eye(dims + 1)[-1:]], 0))[:dims][None]
+    moving = Warp(mode="bilinear", padding_mode="zeros")(fixed, affine_to_ddf(inv, fixed.shape[2:]))
+    asked = []
+
+    def predict(theta):
+        asked.append(theta.detach().clone())
+        return torch.zeros((1, dims) + (n // 4,) * dims)
+
+    refiner = InstanceRefiner(
+        levels=[2, 1], affine_iterations=[30, 15], deformable_iterations=[5, 5], affine_optimiser="lbfgs", multistart=False,
+        repredict_velocity=repredict,
+    )
+    res = refiner.refine(moving, fixed, IDENTITY[dims], torch.full((1, dims) + (n // 4,) * dims, 0.3), DVF2DDF(num_steps=7), predict_velocity=predict)
+    if not repredict:
+        assert asked == [] and res.stats["deformable"]["network_field"] == "the forward pass's"
+        return
+    assert len(asked) == 1 and torch.allclose(asked[0], res.theta)
+    assert float((res.theta - IDENTITY[dims]).abs().max()) > 0.05  # the affine did move before the field was asked for
+    assert res.stats["deformable"]["network_field"] == "re-predicted behind the refined affine"
+    assert res.stats["deformable"]["start"] == "network"

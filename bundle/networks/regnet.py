@@ -196,6 +196,13 @@ class MultiModalRegNet(nn.Module):
         points = self.affine_head.points(self.downsample(warped), size)
         return compose_theta(theta, self.affine_head.fit(target_points, points, size))
 
+    def deformable_field(self, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The deformable head's raw field (a velocity when it integrates) for ``moving`` warped by a given
+        affine ``theta`` (e.g. one refined after the network): what the forward pass predicts behind its own affine."""
+        size = moving.shape[2:]
+        moving_aff = self.warp(moving, affine_to_ddf(theta, size))
+        return self.deformable_head(self.encode(moving_aff), self.encode(fixed), size)[1]
+
     def keypoints(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keypoint head's points ``(B, K, dims)`` in each image (centred voxel coordinates of the input grid)."""
         if self.affine != "keypoints":
