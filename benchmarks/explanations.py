@@ -1,6 +1,9 @@
 """Sanity numbers of the shipped model's explanations, and their cost relative to inference.
 
     python -m benchmarks.explanations --pairs 2 --output outputs/benchmarks/explanations.json
+    # the six pairs in two processes (one per core), then one summary of both
+    python -m benchmarks.explanations --pairs 3 --output a.json & python -m benchmarks.explanations --pairs 3 --skip 3 --output b.json
+    python -m benchmarks.explanations --merge a.json b.json --output six.json
 
 For each held-out sample pair: ``bundle.explain.sanity.sanity_report`` (randomisation Spearman,
 deletion ratio, localisation ratio per stage and scalar of the network),
@@ -34,14 +37,20 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--checkpoint", default=str(BUNDLE_ROOT / "models" / "model.pt"))
+    parser.add_argument("--skip", type=int, default=0, help="start after this many held-out pairs (to split a run over processes)")
+    parser.add_argument("--merge", nargs="+", default=None, help="only summarise the per-pair results of these output files together")
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
     args = parser.parse_args(argv)
+    if args.merge:
+        out = _summary([r for path in args.merge for r in json.loads(Path(path).read_text())["per_pair"]])
+        Path(args.output).write_text(json.dumps(out, indent=2, default=float))
+        return out
     datalist = ensure_sample_datalist(BUNDLE_ROOT / "sample_data" / "3d", spatial_dims=3, spacing_mm=2.0, n_train=32, n_val=4, n_test=20)
     registrar = _registrar(args.checkpoint)
     registrar.load_weights()
     net = registrar.network
     results, out = [], {"pairs": 0}
-    for item in read_datalist(datalist, "test")[: args.pairs]:
+    for item in read_datalist(datalist, "test")[args.skip : args.skip + args.pairs]:
         fixed, fa, _, moving, ma = registrar.load_pair(item["fixed"], item["moving"])
         m, f, _, _ = registrar.to_network_grid(fixed, fa, moving, ma)
         t0 = time.perf_counter()
