@@ -42,13 +42,14 @@ METRICS = [
 ]
 METHODS = (
     "identity", "elastix", "ants_affine", "ants_syn", "fireants_affine", "fireants_greedy",
-    "network", "network_refined", "refine_from_identity",
+    "network", "network_refined", "refine_from_identity", "affine_refined",
 )
 #: what each of the project's methods runs (PairRegistrar.register_arrays keywords)
 MODEL_METHODS = {
     "network": {"refine": False},  # centre-of-mass initialisation + network, no refinement
     "network_refined": {"refine": True},  # + refinement warm-started from the network (the default pipeline)
     "refine_from_identity": {"refine": True, "network": False},  # the same refinement from the initialisation alone
+    "affine_refined": {"refine": True, "stage": "affine"},  # the fast affine-only mode (--stage affine): network + affine refinement
     "model_affine": {"refine": False, "stage": "affine"},  # network's affine stage only
     "model_full": {"refine": False},  # the network without refinement (the ITK-slice benchmark's name)
 }

@@ -80,11 +80,14 @@ class PairRegistrar:
             exactly); ``"auto"``: the network voxel size over the fixed image's smallest one,
             rounded, so that data finer than the network grid are refined at their own resolution.
         max_refine_upsample: the bound on ``"auto"`` (the finest grid costs ``k ** dims`` times more).
+        stage: what is registered and written: ``"full"`` (affine then deformable) or ``"affine"``
+            (the affine stage alone; its refinement skips the velocity stage).
     """
 
     def __init__(
         self, network, checkpoint=None, device="cpu", spacing_mm: float = 2.0, size_divisor: int = 16, overwrite: bool = False,
         initialise: bool = True, refiner=None, intensity=None, refine_upsample: int | str = 1, max_refine_upsample: int = 2,
+        stage: str = "full",
     ):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -101,6 +104,9 @@ class PairRegistrar:
             raise ValueError(f"refine_upsample must be 'auto' or an integer >= 1, got {refine_upsample!r}")
         self.refine_upsample = refine_upsample if refine_upsample == "auto" else int(refine_upsample)
         self.max_refine_upsample = max(1, int(max_refine_upsample))
+        if stage not in ("full", "affine"):
+            raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
+        self.stage = stage
 
     def load_weights(self) -> None:
         """Load ``checkpoint`` once (lazily, so that a bad checkpoint is a user error, not a config error)."""
@@ -180,7 +186,7 @@ class PairRegistrar:
         return fixed, fixed_aff, fixed_aff4, moving, moving_aff
 
     def register_arrays(
-        self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str = "full",
+        self, fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, stage: str | None = None,
         refine: bool | None = None, network: bool = True, names: tuple[str, str] = ("fixed", "moving"), inverse: bool = False,
         keypoints: bool = False,
     ) -> dict:
@@ -189,7 +195,7 @@ class PairRegistrar:
         Args:
             fixed, moving: spatial-first arrays.
             fixed_affine, moving_affine: their spatial affines (see ``resample.spatial_affine``).
-            stage: ``"full"`` (affine then deformable) or ``"affine"`` (affine stage only).
+            stage: ``"full"`` (affine then deformable) or ``"affine"`` (affine stage only); default :attr:`stage`.
             refine: run the refiner (default: when one is configured and enabled).
             network: start the refinement from the network's prediction; ``False`` starts it
                 from the identity (measures what the network contributes).
@@ -205,6 +211,7 @@ class PairRegistrar:
             ``ddf_inverse_mm`` and ``inverse_deformable_mm``; with ``keypoints`` and a keypoint
             affine head, ``keypoints`` (:func:`bundle.keypoints.network_keypoints`).
         """
+        stage = self.stage if stage is None else stage
         if stage not in ("full", "affine"):
             raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
         t0 = time.perf_counter()
@@ -241,7 +248,7 @@ class PairRegistrar:
                 if synth is not None:
                     synth = torch.nn.functional.interpolate(synth, size=grid_shape, mode="bilinear" if self.dims == 2 else "trilinear", align_corners=False)
             predict = self._velocity_predictor(m_net, f_net, k) if network else None
-            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, synth, starts, predict)
+            res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, synth, starts, predict, deformable=stage == "full")
             ddf_vox, theta, stats, velocity = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats, res.velocity
             theta = torch.cat([theta[:, :, : self.dims], theta[:, :, self.dims :] / k], 2)  # back to network-grid voxels
             stats = {**stats, "upsample": k} if k > 1 else stats

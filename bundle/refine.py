@@ -346,7 +346,7 @@ class InstanceRefiner:
 
     def refine(
         self, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, velocity: torch.Tensor, integrate=None, synth=None, starts=(),
-        predict_velocity=None,
+        predict_velocity=None, deformable: bool = True,
     ) -> RefinementResult:
         """Refine ``theta`` then ``velocity`` for ``moving`` -> ``fixed`` (both ``(B, 1, *S)`` on the network grid).
 
@@ -360,6 +360,8 @@ class InstanceRefiner:
                 coarsest level beside ``theta`` and the best one continues (a multi-start).
             predict_velocity: ``theta -> velocity``, the network's deformable field behind a given
                 affine (used with ``repredict_velocity``).
+            deformable: ``False`` refines the affine alone (for an affine-only result; the
+                velocity is returned as given).
         """
         size_full = tuple(moving.shape[2:])
         bad = [s for s in self.levels if any(n % s for n in size_full)]
@@ -371,6 +373,8 @@ class InstanceRefiner:
             return self._result(theta0, velocity0, integrate, size_full, stats)
         with torch.enable_grad():
             theta_r = self._refine_affine(moving, fixed, synth, theta0, stats, starts)
+            if not deformable:
+                return self._result(theta_r, velocity0, integrate, size_full, stats)
             repredicted = self.repredict_velocity and predict_velocity is not None and any(self.deformable_iterations)
             if repredicted:
                 with torch.no_grad():

@@ -331,3 +331,15 @@ def test_velocity_start_is_repredicted_behind_the_refined_affine(repredict):
     assert float((res.theta - IDENTITY[dims]).abs().max()) > 0.05  # the affine did move before the field was asked for
     assert res.stats["deformable"]["network_field"] == "re-predicted behind the refined affine"
     assert res.stats["deformable"]["start"] == "network"
+
+
+def test_affine_only_refinement_leaves_the_velocity_alone():
+    """``deformable=False`` (the registrar's ``stage: affine``) refines theta and skips the velocity stage."""
+    dims, n = 2, 64
+    fixed = _blobs(dims, n)
+    moving = Warp(mode="bilinear", padding_mode="zeros")(fixed, affine_to_ddf(_rotation(dims, 6.0, [2.0, 0.0]), fixed.shape[2:]))
+    velocity = torch.full((1, dims) + (n // 4,) * dims, 0.2)
+    refiner = InstanceRefiner(levels=[2, 1], affine_iterations=[20, 10], deformable_iterations=[20, 20], affine_optimiser="lbfgs")
+    res = refiner.refine(moving, fixed, IDENTITY[dims], velocity, DVF2DDF(num_steps=7), deformable=False)
+    assert "deformable" not in res.stats and torch.equal(res.velocity, velocity)
+    assert res.stats["affine"]["similarity_after"] > res.stats["affine"]["similarity_before"]

@@ -192,3 +192,14 @@ def test_refinement_grid_splits_the_network_cells():
     pooled = torch.nn.functional.avg_pool2d(fine[None], 2)[0]  # the mean of each cell's 4 fine centres is the cell's centre
     assert torch.allclose(pooled, coarse, atol=1e-9)
 
+
+
+def test_affine_stage_alone_recovers_the_known_affine(pair_3d, tmp_path):
+    """``--stage affine``: network + affine refinement, no velocity stage; the rigid motion within half a voxel."""
+    _infer(pair_3d, tmp_path / "affine", "--stage", "affine")
+    err = _error_voxels(tmp_path / "affine", pair_3d["gt"], pair_3d["mask"])
+    assert err < 0.5, f"mean error {err:.3f} voxels"
+    metrics = json.loads((tmp_path / "affine" / "metrics.json").read_text())
+    assert "deformable" not in metrics["refinement"] and metrics["refinement"]["affine"]["iterations"] > 0
+    det = np.asarray(nib.load(str(tmp_path / "affine" / "jacobian.nii.gz")).dataobj)[pair_3d["mask"]]
+    assert float(det.std()) < 1e-3  # an affine map: one Jacobian everywhere
