@@ -80,8 +80,8 @@ def run_config(config: str, **overrides):
     return result
 
 
-def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, overwrite=False, figure=True) -> dict:
-    """Register one pair through ``configs/inference.json`` and draw ``overview.png``."""
+def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, overwrite=False, figure=True, stage="full") -> dict:
+    """Register one pair through ``configs/inference.json`` and draw ``overview.png`` (``stage``: ``full`` or ``affine``)."""
     import nibabel as nib
     import numpy as np
 
@@ -92,7 +92,7 @@ def register(fixed, moving, output_dir, fixed_label=None, moving_label=None, ove
     metrics = run_config(
         "inference.json", fixed=str(fixed), moving=str(moving), output_dir=str(output_dir),
         fixed_label=None if fixed_label is None else str(fixed_label),
-        moving_label=None if moving_label is None else str(moving_label), overwrite=overwrite,
+        moving_label=None if moving_label is None else str(moving_label), overwrite=overwrite, stage=stage,
     )[0][0]
     if figure:
         out = Path(output_dir)
@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--fixed_label")
     p.add_argument("--moving_label")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--stage", default="full", choices=["full", "affine"], help="affine: the fast affine-only mode")
     p = sub.add_parser("apply", help="apply a saved registration to --image or --points")
     p.add_argument("--transform_dir", required=True, help="output folder of a registration")
     p.add_argument("--image", help="image in the moving space (fixed space with --inverse)")
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
         elif args.command == "apply":
             print(apply(args.transform_dir, args.output, args.image, args.points, args.inverse, args.interp, args.points_space, args.overwrite))
         else:
-            register(args.fixed, args.moving, args.output_dir, args.fixed_label, args.moving_label, args.overwrite)
+            register(args.fixed, args.moving, args.output_dir, args.fixed_label, args.moving_label, args.overwrite, stage=args.stage)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -62,14 +62,16 @@ def test_exit_on_user_error_turns_bad_input_into_one_line():
 
 def test_main_routes_arguments(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli, "register", lambda *a: calls.append(("register", a)) or {})
+    monkeypatch.setattr(cli, "register", lambda *a, **k: calls.append(("register", a, k)) or {})
     monkeypatch.setattr(cli, "apply", lambda *a: calls.append(("apply", a)) or {"points": 3})
     monkeypatch.setattr(cli, "demo", lambda *a: calls.append(("demo", a)) or {})
     assert cli.main(["register", "--fixed", "f.nii", "--moving", "m.nii", "--output_dir", "out", "--overwrite"]) == 0
+    assert cli.main(["register", "--fixed", "f.nii", "--moving", "m.nii", "--output_dir", "out", "--stage", "affine"]) == 0
     assert cli.main(["apply", "--transform_dir", "out", "--points", "p.csv", "--output", "o.csv", "--inverse", "--points_space", "ras"]) == 0
     assert cli.main(["demo"]) == 0
     assert calls == [
-        ("register", ("f.nii", "m.nii", "out", None, None, True)),
+        ("register", ("f.nii", "m.nii", "out", None, None, True), {"stage": "full"}),
+        ("register", ("f.nii", "m.nii", "out", None, None, False), {"stage": "affine"}),
         ("apply", ("out", "o.csv", None, "p.csv", True, "linear", "ras", False)),
         ("demo", ("outputs/demo", "sample_data/demo")),
     ]
@@ -77,7 +79,7 @@ def test_main_routes_arguments(monkeypatch, capsys):
 
 
 def test_main_reports_user_errors_with_exit_code_2(monkeypatch, capsys):
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise FileNotFoundError("f.nii: image file not found")
 
     monkeypatch.setattr(cli, "register", fail)
