@@ -9,7 +9,7 @@ functions turn the network's voxel-space pieces into world-space ones and invert
 * :func:`theta_to_world`: the affine stage as a ``(dims + 1)^2`` RAS matrix;
 * :func:`lps_flip`, :func:`ras_to_lps`: vectors and matrices in ITK's LPS convention;
 * :func:`apply_affine`: an affine applied to a field of world points;
-* :func:`centered_grid`, :func:`affine_to_ddf`, :func:`compose_ddf`: the network's voxel-space
+* :func:`centered_grid`, :func:`affine_to_ddf`, :func:`theta_on_coarser_grid`, :func:`compose_ddf`: the network's voxel-space
   fields (``Warp`` convention, ``warped(x) = moving(x + ddf(x))``), shared by the network, the
   refinement and its explanations;
 * :func:`linear_part`, :func:`spacing_from_affine`: voxel -> mm linear maps and voxel sizes;
@@ -27,7 +27,8 @@ import torch
 from monai.networks.blocks import Warp
 
 __all__ = [
-    "centered_grid", "affine_to_ddf", "compose_theta", "compose_ddf", "compose_affine_ddf", "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine",
+    "centered_grid", "affine_to_ddf", "theta_on_coarser_grid", "compose_theta", "compose_ddf", "compose_affine_ddf",
+    "theta_to_world", "lps_flip", "ras_to_lps", "apply_affine",
     "invert_displacement", "inside_grid", "inverse_consistency_mm",
     "check_ddf", "as_float", "linear_part", "spacing_from_affine", "jacobian_determinant",
 ]
@@ -57,6 +58,12 @@ def affine_to_ddf(theta: torch.Tensor, spatial_size) -> torch.Tensor:
     lin = theta[:, :, :dims] - eye
     ddf = torch.einsum("bij,j...->bi...", lin, grid)
     return ddf + theta[:, :, dims].reshape(theta.shape[0], dims, *([1] * dims))
+
+
+def theta_on_coarser_grid(theta: torch.Tensor, factor) -> torch.Tensor:
+    """``theta`` (centred voxels) on a grid ``factor`` times coarser about the same centre: its translation in that grid's voxels."""
+    d = theta.shape[1]
+    return torch.cat([theta[:, :, :d], theta[:, :, d:] / factor], dim=2)
 
 
 def compose_theta(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

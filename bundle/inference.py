@@ -31,7 +31,7 @@ from .checkpoints import load_network_weights
 from .cli import as_bool
 from .data.datalist import read_datalist
 from .data.validation import check_label_grid, load_checked_image, load_checked_label
-from .fields import apply_affine, inverse_consistency_mm, invert_displacement, jacobian_determinant, ras_to_lps, theta_to_world
+from .fields import apply_affine, inverse_consistency_mm, invert_displacement, jacobian_determinant, ras_to_lps, theta_on_coarser_grid, theta_to_world
 from .initialise import centre_of_mass_translation, check_network_grid, check_network_size, check_overlap
 from .io import in_parallel, save_displacement, save_displacement_mm, save_image, save_itk_affine, staged_output_dir
 from .itk_transforms import affine_step, field_step, save_composite_transform
@@ -49,6 +49,16 @@ OUTPUT_FILES = (
     "warped_moving.nii.gz", "ddf_mm.nii.gz", "ddf_inverse_mm.nii.gz", "affine.tfm", "transform.h5", "transform_inverse.h5",
     "jacobian.nii.gz", "metrics.json", "keypoints.csv",
 )
+
+
+STAGES = ("full", "affine")
+
+
+def check_stage(stage: str) -> str:
+    """``stage`` if it names what a registration can return (:data:`STAGES`), else a ``ValueError``."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
+    return stage
 
 
 def default_intensity_scaling():
@@ -104,9 +114,7 @@ class PairRegistrar:
             raise ValueError(f"refine_upsample must be 'auto' or an integer >= 1, got {refine_upsample!r}")
         self.refine_upsample = refine_upsample if refine_upsample == "auto" else int(refine_upsample)
         self.max_refine_upsample = max(1, int(max_refine_upsample))
-        if stage not in ("full", "affine"):
-            raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
-        self.stage = stage
+        self.stage = check_stage(stage)
 
     def load_weights(self) -> None:
         """Load ``checkpoint`` once (lazily, so that a bad checkpoint is a user error, not a config error)."""
@@ -211,9 +219,7 @@ class PairRegistrar:
             ``ddf_inverse_mm`` and ``inverse_deformable_mm``; with ``keypoints`` and a keypoint
             affine head, ``keypoints`` (:func:`bundle.keypoints.network_keypoints`).
         """
-        stage = self.stage if stage is None else stage
-        if stage not in ("full", "affine"):
-            raise ValueError(f"stage must be 'full' or 'affine', got {stage!r}")
+        stage = self.stage if stage is None else check_stage(stage)
         t0 = time.perf_counter()
         self.load_weights()
         check_network_size(fixed.shape, fixed_affine, self.spacing_mm, self.size_divisor, names[0])
@@ -250,7 +256,7 @@ class PairRegistrar:
             predict = self._velocity_predictor(m_net, f_net, k) if network else None
             res = refiner.refine(m, f, theta0, velocity0, self.network.deformable_head.integrate, synth, starts, predict, deformable=stage == "full")
             ddf_vox, theta, stats, velocity = (res.ddf if stage == "full" else res.ddf_affine), res.theta, res.stats, res.velocity
-            theta = torch.cat([theta[:, :, : self.dims], theta[:, :, self.dims :] / k], 2)  # back to network-grid voxels
+            theta = theta_on_coarser_grid(theta, k)  # back to network-grid voxels
             stats = {**stats, "upsample": k} if k > 1 else stats
         else:
             grid_affine = net_affine
@@ -295,11 +301,9 @@ class PairRegistrar:
     def _velocity_predictor(self, moving: torch.Tensor, fixed: torch.Tensor, k: int):
         """``theta -> velocity``: the network's deformable field behind an affine given on a grid ``k``
         times finer than the network grid ``moving``/``fixed`` (translation in that grid's voxels)."""
-        d = self.dims
 
         def predict(theta: torch.Tensor) -> torch.Tensor:
-            theta_net = torch.cat([theta[:, :, :d], theta[:, :, d:] / k], 2)
-            return self.network.deformable_field(moving, fixed, theta_net.to(moving.dtype))
+            return self.network.deformable_field(moving, fixed, theta_on_coarser_grid(theta, k).to(moving.dtype))
 
         return predict
 

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cli import as_bool
-from .fields import affine_to_ddf, compose_affine_ddf
+from .fields import affine_to_ddf, compose_affine_ddf, theta_on_coarser_grid
 from .losses.mind import MINDSSCLoss, mind_ssc
 from .losses.mutual_information import SparseMutualInformationLoss
 from .losses.regularisers import Diffusion
@@ -252,27 +252,21 @@ class InstanceRefiner:
             out.append(VoxelSample(size, n, seed=k, device=src.device, dtype=src.dtype, mask=mask) if sampled else None)
         return out
 
-    @staticmethod
-    def _scaled(theta: torch.Tensor, factor: int) -> torch.Tensor:
-        """``theta`` on a grid ``factor`` times coarser (its translation in that grid's voxels)."""
-        d = theta.shape[1]
-        return torch.cat([theta[:, :, :d], theta[:, :, d:] / factor], dim=2)
-
     def _affine_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None):
         """``theta -> loss`` of the affinely warped ``src`` against ``tgt`` at one level."""
         if sampler is None:
             size = tuple(src.shape[2:])
             return lambda theta: loss_fn(self.warp(src, self._affine_ddf(theta, factor, size)), tgt)
         values = sampler.values(tgt)
-        return lambda theta: loss_fn(sampler.sample(src, sampler.affine_positions(self._scaled(theta, factor))), values)
+        return lambda theta: loss_fn(sampler.sample(src, sampler.affine_positions(theta_on_coarser_grid(theta, factor))), values)
 
     def _deformable_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None, theta, integrate):
         """``velocity -> loss`` of ``src`` warped by the velocity's map, then ``theta``, against ``tgt``."""
         if sampler is None:
-            size, scaled = tuple(src.shape[2:]), self._scaled(theta, factor)
+            size, scaled = tuple(src.shape[2:]), theta_on_coarser_grid(theta, factor)
             ddf_aff = affine_to_ddf(scaled, size).detach()  # the affine is fixed in this stage: one field per level
             return lambda v: loss_fn(self.warp(src, compose_affine_ddf(scaled, ddf_aff, field_to_ddf(v, size, integrate))), tgt)
-        values, scaled = sampler.values(tgt), self._scaled(theta, factor)
+        values, scaled = sampler.values(tgt), theta_on_coarser_grid(theta, factor)
 
         def objective(v):
             displacement = sampler.field_at(integrate(v) if integrate is not None else v)
@@ -342,7 +336,7 @@ class InstanceRefiner:
         return done, start, best
 
     def _affine_ddf(self, theta: torch.Tensor, factor: int, size) -> torch.Tensor:
-        return affine_to_ddf(self._scaled(theta, factor), size)
+        return affine_to_ddf(theta_on_coarser_grid(theta, factor), size)
 
     def refine(
         self, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, velocity: torch.Tensor, integrate=None, synth=None, starts=(),

@@ -193,7 +193,6 @@ def test_refinement_grid_splits_the_network_cells():
     assert torch.allclose(pooled, coarse, atol=1e-9)
 
 
-
 def test_affine_stage_alone_recovers_the_known_affine(pair_3d, tmp_path):
     """``--stage affine``: network + affine refinement, no velocity stage; the rigid motion within half a voxel."""
     _infer(pair_3d, tmp_path / "affine", "--stage", "affine")
