@@ -40,7 +40,7 @@ from .cli import as_bool
 from .fields import affine_to_ddf, compose_affine_ddf, theta_on_coarser_grid
 from .losses.mind import MINDSSCLoss, mind_ssc
 from .losses.mutual_information import SparseMutualInformationLoss
-from .losses.regularisers import Diffusion
+from .losses.regularisers import BendingEnergy, Diffusion
 from .networks.deformable_head import field_to_ddf
 from .voxel_sample import VoxelSample
 
@@ -48,6 +48,7 @@ __all__ = ["SIMILARITIES", "RefinementResult", "InstanceRefiner"]
 
 SIMILARITIES = ("mi", "lncc", "mind")
 OPTIMISERS = ("adam", "lbfgs")
+REGULARISERS = {"diffusion": Diffusion, "bending": BendingEnergy}
 
 
 def _restore(params, state) -> None:
@@ -111,7 +112,9 @@ class InstanceRefiner:
             benchmark pairs L-BFGS with half Adam's budget matched or beat its error (docs/README.md).
         affine_optimiser: ``"adam"`` or ``"lbfgs"`` for the affine parameters, per level (a string:
             every level); ``affine_lr`` applies to Adam only.
-        regularisation: weight of the diffusion energy of the velocity.
+        regularisation: weight of the regulariser of the velocity, per level (a float: every level).
+        regulariser: ``"diffusion"`` (first derivatives: pulls the field towards a constant where the
+            images carry no signal) or ``"bending"`` (second derivatives: extrapolates it smoothly there).
         tolerance: relative improvement below which an iteration does not count as progress.
         patience: iterations without progress before a level stops.
         num_bins: MI histogram bins.
@@ -144,7 +147,8 @@ class InstanceRefiner:
         velocity_lr: float = 0.05,
         velocity_optimiser: str | Sequence[str] = "adam",
         affine_optimiser: str | Sequence[str] = "adam",
-        regularisation: float = 1.0,
+        regularisation: float | Sequence[float] = 1.0,
+        regulariser: str = "diffusion",
         tolerance: float = 1e-4,
         patience: int = 20,
         num_bins: int = 32,
@@ -174,7 +178,12 @@ class InstanceRefiner:
             bad = sorted(set(chosen) - set(OPTIMISERS))
             if bad:
                 raise ValueError(f"{name} must be one of {OPTIMISERS} (or one per level), got {bad}")
-        self.regularisation = float(regularisation)
+        self.regularisation = [float(v) for v in _per_level(regularisation, len(self.levels), "regularisation")]
+        if any(v < 0 for v in self.regularisation):
+            raise ValueError(f"regularisation must be >= 0, got {self.regularisation}")
+        if regulariser not in REGULARISERS:
+            raise ValueError(f"regulariser must be one of {tuple(REGULARISERS)}, got {regulariser!r}")
+        self.regulariser = regulariser
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
         self.affine_foreground, self.deformable_foreground = float(affine_foreground), float(deformable_foreground)
@@ -191,7 +200,7 @@ class InstanceRefiner:
         self.repredict_velocity = as_bool(repredict_velocity, "repredict_velocity")
         self.enabled = as_bool(enabled, "refine")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
-        self.smoothness = Diffusion()
+        self.smoothness = REGULARISERS[regulariser]()
 
     @property
     def needs_synthesis(self) -> bool:
@@ -440,7 +449,9 @@ class InstanceRefiner:
         loss_fn = self.similarity_loss(self.deformable_similarity, dims)
         pyramid = self._pyramid(self.deformable_similarity, moving, fixed, synth)
         velocity = velocity0.clone().requires_grad_(True)
-        reg = lambda v: self.regularisation * self.smoothness(v) if self.regularisation > 0 and min(v.shape[2:]) > 2 else v.new_zeros(())  # noqa: E731
+        def reg(k, v):
+            weight = self.regularisation[k]
+            return weight * self.smoothness(v) if weight > 0 and min(v.shape[2:]) > 2 else v.new_zeros(())
 
         similarities = [
             self._deformable_objective(loss_fn, src, tgt, s, sampler, theta, integrate)
@@ -448,7 +459,7 @@ class InstanceRefiner:
         ]
 
         def objective_at(k, v):
-            return similarities[k](v) + reg(v)
+            return similarities[k](v) + reg(k, v)
 
         start_from = "network"
         if self.multistart:  # the network's field or none at all, whichever starts with the lower objective
@@ -468,7 +479,8 @@ class InstanceRefiner:
             before, after = float(objective_at(-1, velocity0)), float(objective_at(-1, velocity))
         reverted = after > before
         stats["deformable"] = {
-            "similarity": self.deformable_similarity, "regularisation": self.regularisation, "start": start_from, "levels": levels,
+            "similarity": self.deformable_similarity, "regulariser": self.regulariser, "regularisation": self.regularisation,
+            "start": start_from, "levels": levels,
             "iterations": sum(v["iterations"] for v in levels), "objective_before": before, "objective_after": min(before, after),
             "reverted": reverted, "seconds": time.perf_counter() - t0,
         }

@@ -108,6 +108,12 @@ def test_refiner_rejects_bad_settings():
         InstanceRefiner(affine_optimiser="sgd")
     with pytest.raises(ValueError, match="velocity_upsample must be >= 1"):
         InstanceRefiner(velocity_upsample=0)
+    with pytest.raises(ValueError, match="regulariser must be one of"):
+        InstanceRefiner(regulariser="tv")
+    with pytest.raises(ValueError, match="regularisation needs one value per level"):
+        InstanceRefiner(levels=[4, 2, 1], regularisation=[10, 1])
+    with pytest.raises(ValueError, match="regularisation must be >= 0"):
+        InstanceRefiner(levels=[4, 2], regularisation=[10, -1])
     with pytest.raises(ValueError, match="not divisible"):
         InstanceRefiner(levels=[4]).refine(torch.rand(1, 1, 10, 8), torch.rand(1, 1, 10, 8), IDENTITY[2], torch.zeros(1, 2, 2, 2))
 
@@ -129,9 +135,13 @@ def test_a_finer_velocity_grid_starts_from_the_same_map(dims):
     assert InstanceRefiner(velocity_upsample=16).finer_velocity(coarse, (n,) * dims).shape == (1, dims) + (n,) * dims  # capped
 
 
-@pytest.mark.parametrize("optimiser,iterations", [("adam", [100, 100]), ("lbfgs", [30, 30])])
-def test_refinement_on_a_finer_velocity_grid_recovers_a_deformation(optimiser, iterations):
-    """With velocity_upsample 2 the velocity is refined on a 2x finer grid (shape) and still recovers a known field."""
+@pytest.mark.parametrize(
+    "optimiser,iterations,regulariser,regularisation",
+    [("adam", [100, 100], "diffusion", 0.01), ("lbfgs", [30, 30], "diffusion", 0.01), ("lbfgs", [30, 30], "bending", [0.1, 0.01])],
+)
+def test_refinement_on_a_finer_velocity_grid_recovers_a_deformation(optimiser, iterations, regulariser, regularisation):
+    """With velocity_upsample 2 the velocity is refined on a 2x finer grid (shape) and still recovers a known field
+    (diffusion or bending regulariser, one weight or one per level)."""
     from bundle.networks.deformable_head import field_to_ddf
 
     n, integrate = 64, DVF2DDF(num_steps=7)
@@ -142,9 +152,11 @@ def test_refinement_on_a_finer_velocity_grid_recovers_a_deformation(optimiser, i
     moving = Warp(mode="bilinear", padding_mode="zeros")(fixed, -truth)  # approximately: moving(x + truth(x)) = fixed(x)
     inside = fixed[:, 0] > 0
     refiner = InstanceRefiner(levels=[2, 1], affine_iterations=0, deformable_iterations=iterations, velocity_lr=0.1,
-                              regularisation=0.01, multistart=False, velocity_upsample=2, velocity_optimiser=optimiser)
+                              regularisation=regularisation, regulariser=regulariser, multistart=False, velocity_upsample=2,
+                              velocity_optimiser=optimiser)
     res = refiner.refine(moving, fixed, IDENTITY[2], torch.zeros(1, 2, 8, 8), integrate)
     assert res.velocity.shape == (1, 2, 16, 16)
+    assert res.stats["deformable"]["regulariser"] == regulariser
     error, size = float((res.ddf - truth).norm(dim=1)[inside].mean()), float(truth.norm(dim=1)[inside].mean())
     assert error < 0.5 * size, (error, size)  # measured: 0.34 of 0.80 pixels (Adam)
     assert sum(level["iterations"] for level in res.stats["deformable"]["levels"]) <= sum(iterations)

@@ -15,7 +15,7 @@ The checks live in their own modules:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -57,7 +57,11 @@ class SanitySettings:
         fraction: deletion top-k share.
         n_random: deletion random draws.
         sigma: deletion blur (voxels).
-        perturb: images perturbed by deletion (``"moving"``, ``"fixed"``, ``"both"``).
+        perturb: images perturbed by deletion (``"moving"``, ``"fixed"``, ``"both"``): one for every
+            stage, or ``{stage: images}`` with ``"both"`` for the stages not named. The default
+            perturbs the moving image alone for the ``encoder``, whose scalar is the similarity of the
+            two images: blurring the same voxels of both keeps them aligned, which is what the
+            similarity measures, so a deletion of both cannot test its map.
         box: localisation box ``[(start, stop), ...]``; default :func:`.localisation.default_box`.
         amplitude: localisation bump amplitude (voxels).
         seed: seed of every random choice.
@@ -72,7 +76,7 @@ class SanitySettings:
     fraction: float = 0.1
     n_random: int = 5
     sigma: float = 4.0
-    perturb: str = "both"
+    perturb: str | Mapping[str, str] = field(default_factory=lambda: {"encoder": "moving"})
     box: Sequence[Sequence[int]] | None = None
     amplitude: float | None = None
     seed: int = 0
@@ -80,7 +84,13 @@ class SanitySettings:
     def as_json(self, box) -> dict:
         """The check settings as ``explanations.json`` records them (with the box actually used)."""
         keep = ("scope", "fraction", "n_random", "sigma", "perturb", "seed", "amplitude", "method")
-        return {**{k: v for k, v in asdict(self).items() if k in keep}, "box": [list(map(int, b)) for b in box]}
+        out = {k: v for k, v in asdict(self).items() if k in keep}
+        out["perturb"] = self.perturb if isinstance(self.perturb, str) else {"default": "both", **self.perturb}
+        return {**out, "box": [list(map(int, b)) for b in box]}
+
+    def perturb_for(self, stage: str) -> str:
+        """The images deletion perturbs for ``stage``."""
+        return self.perturb if isinstance(self.perturb, str) else self.perturb.get(stage, "both")
 
 
 def sanity_report(
@@ -112,22 +122,23 @@ def sanity_report(
         box = default_box(fixed) if s.box is None else s.box
         report: dict = {"settings": s.as_json(box)}
         for stage, _, name, ex in stage_explainers(network, s.stages, s.targets, s.spacing_mm, s.roi_mask, s.method):
-            report.setdefault(stage, {})[name] = _checks(ex, moving, fixed, aligned_moving, box, s)
+            report.setdefault(stage, {})[name] = _checks(ex, moving, fixed, aligned_moving, box, s, s.perturb_for(stage))
     finally:
         network.train(was_training)
     return report
 
 
-def _checks(ex: StageExplainer, moving, fixed, aligned_moving, box, s: SanitySettings) -> dict:
+def _checks(ex: StageExplainer, moving, fixed, aligned_moving, box, s: SanitySettings, perturb: str) -> dict:
     attr = ex.attribute(moving, fixed)
     rnd = randomisation_check(ex, moving, fixed, s.scope, s.seed, attribution=attr)
-    dele = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, s.perturb, "voxels", s.seed)
-    shifted = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, s.perturb, "shifted", s.seed)
+    dele = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, perturb, "voxels", s.seed)
+    shifted = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, perturb, "shifted", s.seed)
     loc = localisation_check(ex, aligned_moving, fixed, box, s.amplitude)
     return {
         "method": ex.method,
         "value": dele["value"],
         "randomisation_spearman": rnd["spearman"],
+        "deletion_perturb": perturb,
         "deletion_ratio": dele["ratio"],
         "deletion_top_change": dele["top_change"],
         "deletion_random_change": dele["random_change"],

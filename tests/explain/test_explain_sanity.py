@@ -30,6 +30,7 @@ def test_sanity_report_keys(fitted):
     for key in ("randomisation_spearman", "deletion_ratio", "deletion_ratio_shifted", "localisation_ratio"):
         assert math.isfinite(row[key]), key
     assert rep["settings"]["n_random"] == 2 and rep["settings"]["scope"] == "downstream"
+    assert rep["settings"]["perturb"] == {"default": "both", "encoder": "moving"} and row["deletion_perturb"] == "both"
     assert len(rep["settings"]["box"]) == 2
 
 
@@ -50,3 +51,11 @@ def test_refinement_sanity_report_checks_the_pipeline_refinement(fitted):
     row = rep["refine_deformable"]["force_magnitude"]
     assert math.isfinite(row["deletion_ratio"]) and row["box"] == [list(b) for b in BOX]
     assert row["localisation_ratio"] > 2.0, row
+
+
+def test_deletion_perturbs_the_moving_image_alone_for_the_encoder_by_default():
+    """The encoder's scalar is the similarity of the two images: its deletion blurs one of them."""
+    s = SanitySettings()
+    assert s.perturb_for("encoder") == "moving" and s.perturb_for("affine") == "both"
+    assert SanitySettings(perturb="fixed").perturb_for("encoder") == "fixed"
+    assert SanitySettings(perturb={"decoder_ab": "moving"}).perturb_for("encoder") == "both"
