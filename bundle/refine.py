@@ -7,7 +7,7 @@ SynthMorph pipelines. On the network grid (voxel units, MONAI ``Warp`` conventio
    on a multi-resolution pyramid (2x average poolings), driven by the affine similarity;
 2. **deformable**: Adam on the stationary velocity field, starting from the network's and on
    its grid, integrated by the network's own scaling and squaring (MONAI ``DVF2DDF``), so the
-   result stays diffeomorphic; similarity + ``regularisation`` x diffusion of the velocity.
+   result stays diffeomorphic; similarity + ``regularisation`` x the bending (or diffusion) energy of the velocity, one weight per level.
 
 Similarities (``"mi"``, ``"lncc"``, ``"mind"``): the project's Mattes mutual information on
 intensities; MONAI LNCC between the *synthesised* moving image (rendered in the fixed contrast
