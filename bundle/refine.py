@@ -40,7 +40,7 @@ from .cli import as_bool
 from .fields import affine_to_ddf, compose_affine_ddf, theta_on_coarser_grid
 from .losses.mind import MINDSSCLoss, mind_ssc
 from .losses.mutual_information import SparseMutualInformationLoss
-from .losses.regularisers import BendingEnergy, Diffusion
+from .losses.regularisers import regulariser as make_regulariser
 from .networks.deformable_head import field_to_ddf
 from .voxel_sample import VoxelSample
 
@@ -48,7 +48,6 @@ __all__ = ["SIMILARITIES", "RefinementResult", "InstanceRefiner"]
 
 SIMILARITIES = ("mi", "lncc", "mind")
 OPTIMISERS = ("adam", "lbfgs")
-REGULARISERS = {"diffusion": Diffusion, "bending": BendingEnergy}
 
 
 def _restore(params, state) -> None:
@@ -181,8 +180,7 @@ class InstanceRefiner:
         self.regularisation = [float(v) for v in _per_level(regularisation, len(self.levels), "regularisation")]
         if any(v < 0 for v in self.regularisation):
             raise ValueError(f"regularisation must be >= 0, got {self.regularisation}")
-        if regulariser not in REGULARISERS:
-            raise ValueError(f"regulariser must be one of {tuple(REGULARISERS)}, got {regulariser!r}")
+        self.smoothness = make_regulariser(regulariser)
         self.regulariser = regulariser
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
@@ -200,7 +198,6 @@ class InstanceRefiner:
         self.repredict_velocity = as_bool(repredict_velocity, "repredict_velocity")
         self.enabled = as_bool(enabled, "refine")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
-        self.smoothness = REGULARISERS[regulariser]()
 
     @property
     def needs_synthesis(self) -> bool:

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from ..metrics import one_hot_labels
 from ..networks.regnet import RegistrationOutput, StageResult
 from .mutual_information import SparseMutualInformationLoss
-from .regularisers import BendingEnergy, Diffusion
+from .regularisers import regulariser
 
 __all__ = ["RegistrationLoss", "inverse_consistency_error"]
 
@@ -80,8 +80,7 @@ class RegistrationLoss(nn.Module):
         super().__init__()
         if similarity not in ("mi", "lncc"):
             raise ValueError(f"similarity must be 'mi' or 'lncc', got {similarity!r}.")
-        if smoothness not in ("diffusion", "bending"):
-            raise ValueError(f"smoothness must be 'diffusion' or 'bending', got {smoothness!r}.")
+        self.regulariser = regulariser(smoothness, "smoothness")
         unknown = set(weights or {}) - set(self.default_weights)
         if unknown:
             raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; expected {sorted(self.default_weights)}.")
@@ -91,7 +90,6 @@ class RegistrationLoss(nn.Module):
         self.downsample = int(downsample)
         self.mi = SparseMutualInformationLoss(num_bins=num_bins)
         self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims, kernel_size=lncc_kernel_size, kernel_type="rectangular")
-        self.regulariser = Diffusion() if smoothness == "diffusion" else BendingEnergy()
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.labels = tuple(int(v) for v in labels)
         self.dice = DiceLoss(include_background=False)

@@ -17,7 +17,7 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["BendingEnergy", "Diffusion", "bending_stencils", "diffusion_stencils", "stencil_energy"]
+__all__ = ["BendingEnergy", "Diffusion", "REGULARISERS", "regulariser", "bending_stencils", "diffusion_stencils", "stencil_energy"]
 
 # A stencil: (weight, [(coefficient, offset per spatial axis), ...]); energy = weight * (sum coef * u[x + offset])^2.
 Stencil = tuple[float, list[tuple[float, tuple[int, ...]]]]
@@ -155,3 +155,14 @@ class Diffusion(_StencilLoss):
     """
 
     stencils = staticmethod(diffusion_stencils)
+
+
+#: The regularisers by the names configs use.
+REGULARISERS = {"diffusion": Diffusion, "bending": BendingEnergy}
+
+
+def regulariser(name: str, what: str = "regulariser") -> _StencilLoss:
+    """The regulariser named ``name`` (:data:`REGULARISERS`); a ``ValueError`` naming ``what`` otherwise."""
+    if name not in REGULARISERS:
+        raise ValueError(f"{what} must be one of {tuple(REGULARISERS)}, got {name!r}")
+    return REGULARISERS[name]()
