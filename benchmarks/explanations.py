@@ -40,7 +40,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip", type=int, default=0, help="start after this many held-out pairs (to split a run over processes)")
     parser.add_argument("--merge", nargs="+", default=None, help="only summarise the per-pair results of these output files together")
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
+    parser.add_argument("--stages", default=None, help="comma-separated network stages to check (default: every default stage)")
+    parser.add_argument("--perturb", default="both", help="images deletion blurs: moving, fixed or both (SanitySettings.perturb)")
+    parser.add_argument("--deletion_scalar", default="network", help="network or perturbed (SanitySettings.deletion_scalar)")
+    parser.add_argument("--refinement", type=int, default=1, help="also check the refinement's maps (1) or not (0)")
     args = parser.parse_args(argv)
+    settings = {"perturb": args.perturb, "deletion_scalar": args.deletion_scalar}
+    if args.stages:
+        settings["stages"] = args.stages.split(",")
     if args.merge:
         out = _summary([r for path in args.merge for r in json.loads(Path(path).read_text())["per_pair"]])
         Path(args.output).write_text(json.dumps(out, indent=2, default=float))
@@ -60,10 +67,11 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         maps = explain_pair(net, m, f, spacing_mm=registrar.spacing_mm)
         t_explain = time.perf_counter() - t0
-        report = sanity_report(net, m, f, SanitySettings(spacing_mm=registrar.spacing_mm))
-        t0 = time.perf_counter()
-        report.update(refinement_sanity_report(registrar.refiner, net, m, f, box=report["settings"]["box"]))
-        print(f"refinement checks: {time.perf_counter() - t0:.1f} s", flush=True)
+        report = sanity_report(net, m, f, SanitySettings(spacing_mm=registrar.spacing_mm, **settings))
+        if args.refinement:
+            t0 = time.perf_counter()
+            report.update(refinement_sanity_report(registrar.refiner, net, m, f, box=report["settings"]["box"]))
+            print(f"refinement checks: {time.perf_counter() - t0:.1f} s", flush=True)
         results.append({"pair": item["fixed"], "contrast": item.get("contrast"), "seconds_inference": t_infer,
                         "seconds_explain_all": t_explain, "maps": len(maps), "report": report})
         print(json.dumps({"pair": item["fixed"], "explain/infer": t_explain / t_infer}), flush=True)

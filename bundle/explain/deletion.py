@@ -5,6 +5,12 @@ of the input (in the moving image, the fixed image or both: both images are on t
 so a voxel of the map names the same place in each), and the change of the explained scalar
 is compared with the change caused by blurring as many random voxels (mean over ``n_random``
 draws). ``ratio > 1`` means the map points at input the scalar depends on more than average.
+
+With ``scalar="network"`` only the network sees the blurred images; the scalar compares the clean
+ones, warped by the network's new fields (:meth:`StageExplainer.scalar_on_reference`). That is the
+question a map of a network layer answers: which input the *prediction* depends on. With
+``scalar="perturbed"`` the scalar also reads the blurred images, so a scalar that compares images
+(the mutual information, a synthesis error) changes by blurring alone, wherever the map points.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from monai.networks.layers import GaussianFilter
 
 from .gradcam import StageExplainer
 
-__all__ = ["PERTURB", "blur_voxels", "top_mask", "random_mask", "shifted_mask", "deletion_changes", "deletion_check"]
+__all__ = ["PERTURB", "SCALARS", "blur_voxels", "top_mask", "random_mask", "shifted_mask", "deletion_changes", "deletion_check"]
 
 PERTURB = {"moving": (0,), "fixed": (1,), "both": (0, 1)}
+SCALARS = ("perturbed", "network")
 
 
 def blur_voxels(x: torch.Tensor, mask: torch.Tensor, sigma: float = 4.0, channels: Sequence[int] = (0, 1)) -> torch.Tensor:
@@ -97,6 +104,7 @@ def deletion_check(
     perturb: str = "both",
     baseline: str = "voxels",
     seed: int = 0,
+    scalar: str = "perturbed",
 ) -> dict:
     """Change of the explained scalar when blurring the most attributed vs random voxels.
 
@@ -113,6 +121,8 @@ def deletion_check(
             (the top-k mask circularly shifted by a random quarter to three quarters of the
             grid along each axis: same shape and compactness, elsewhere).
         seed: seed of the random draws.
+        scalar: ``"perturbed"`` (the scalar of the blurred images) or ``"network"`` (the network
+            sees the blurred images, the scalar compares the clean ones; see module).
 
     Returns:
         dict with ``ratio`` (mean top change / mean random change), ``top_change``,
@@ -126,6 +136,8 @@ def deletion_check(
         raise ValueError(f"baseline must be 'voxels' or 'shifted', got {baseline!r}.")
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}.")
+    if scalar not in SCALARS:
+        raise ValueError(f"scalar must be one of {list(SCALARS)}, got {scalar!r}.")
     if attribution is None:
         attribution = explainer.attribute(moving, fixed)
     x = torch.cat([moving, fixed], dim=1)
@@ -137,7 +149,7 @@ def deletion_check(
 
     @torch.no_grad()
     def value(inp):
-        return explainer.forward_func(inp)
+        return explainer.forward_func(inp) if scalar == "perturbed" else explainer.scalar_on_reference(inp, x)
 
     gen = torch.Generator().manual_seed(seed)
     v0, top_change, rand_change = deletion_changes(value, x, attribution, k, sigma, channels, n_random, baseline, gen)
@@ -150,4 +162,5 @@ def deletion_check(
         "fraction": fraction,
         "perturb": perturb,
         "baseline": baseline,
+        "scalar": scalar,
     }

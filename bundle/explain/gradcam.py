@@ -321,6 +321,26 @@ class StageExplainer:
         return value
 
     @torch.no_grad()
+    def scalar_on_reference(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The target when the network sees ``x`` but the target compares the images of ``reference``.
+
+        Both are ``(B, 2, *spatial)`` (moving, fixed). The network's fields come from ``x``; the
+        registered images are ``reference``'s, warped by those fields with the network's own
+        ``warp``, and images the target reads directly are ``reference``'s. So the value changes
+        only through what the network predicts, not through the target's own formula (a
+        blurred moving image changes the mutual information by itself, whatever the network does).
+        Equals :meth:`forward_func` when ``x`` is ``reference``.
+        """
+        if x.shape != reference.shape:
+            raise ValueError(f"x {tuple(x.shape)} and reference {tuple(reference.shape)} must have the same shape.")
+        out = structured_forward(self.network, x[:, :1], x[:, 1:], bidirectional=self.target.needs_backward, synthesis=self.target.needs_synthesis)
+        moving, fixed = reference[:, :1], reference[:, 1:]
+        out = replace(out, forward=replace(out.forward, warped=self.network.warp(moving, out.forward.ddf)))
+        if out.backward is not None:
+            out = replace(out, backward=replace(out.backward, warped=self.network.warp(fixed, out.backward.ddf)))
+        return self.target(out, moving, fixed)
+
+    @torch.no_grad()
     def scalar(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """The explained scalar ``(B,)`` without gradients."""
         self._check(moving, fixed)

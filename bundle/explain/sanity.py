@@ -15,7 +15,7 @@ The checks live in their own modules:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -58,10 +58,11 @@ class SanitySettings:
         n_random: deletion random draws.
         sigma: deletion blur (voxels).
         perturb: images perturbed by deletion (``"moving"``, ``"fixed"``, ``"both"``): one for every
-            stage, or ``{stage: images}`` with ``"both"`` for the stages not named. The default
-            perturbs the moving image alone for the ``encoder``, whose scalar is the similarity of the
-            two images: blurring the same voxels of both keeps them aligned, which is what the
-            similarity measures, so a deletion of both cannot test its map.
+            stage, or ``{stage: images}`` with ``"both"`` for the stages not named.
+        deletion_scalar: ``"network"`` (default: only the network sees the blurred images, the
+            scalar compares the clean ones, so deletion measures what the *prediction* depends on)
+            or ``"perturbed"`` (the scalar reads the blurred images too; a similarity then changes
+            by the blur itself wherever the map points). See :mod:`.deletion`.
         box: localisation box ``[(start, stop), ...]``; default :func:`.localisation.default_box`.
         amplitude: localisation bump amplitude (voxels).
         seed: seed of every random choice.
@@ -76,14 +77,15 @@ class SanitySettings:
     fraction: float = 0.1
     n_random: int = 5
     sigma: float = 4.0
-    perturb: str | Mapping[str, str] = field(default_factory=lambda: {"encoder": "moving"})
+    perturb: str | Mapping[str, str] = "both"
+    deletion_scalar: str = "network"
     box: Sequence[Sequence[int]] | None = None
     amplitude: float | None = None
     seed: int = 0
 
     def as_json(self, box) -> dict:
         """The check settings as ``explanations.json`` records them (with the box actually used)."""
-        keep = ("scope", "fraction", "n_random", "sigma", "perturb", "seed", "amplitude", "method")
+        keep = ("scope", "fraction", "n_random", "sigma", "perturb", "deletion_scalar", "seed", "amplitude", "method")
         out = {k: v for k, v in asdict(self).items() if k in keep}
         out["perturb"] = self.perturb if isinstance(self.perturb, str) else {"default": "both", **self.perturb}
         return {**out, "box": [list(map(int, b)) for b in box]}
@@ -131,14 +133,15 @@ def sanity_report(
 def _checks(ex: StageExplainer, moving, fixed, aligned_moving, box, s: SanitySettings, perturb: str) -> dict:
     attr = ex.attribute(moving, fixed)
     rnd = randomisation_check(ex, moving, fixed, s.scope, s.seed, attribution=attr)
-    dele = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, perturb, "voxels", s.seed)
-    shifted = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, perturb, "shifted", s.seed)
+    dele = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, perturb, "voxels", s.seed, s.deletion_scalar)
+    shifted = deletion_check(ex, moving, fixed, attr, s.fraction, s.n_random, s.sigma, perturb, "shifted", s.seed, s.deletion_scalar)
     loc = localisation_check(ex, aligned_moving, fixed, box, s.amplitude)
     return {
         "method": ex.method,
         "value": dele["value"],
         "randomisation_spearman": rnd["spearman"],
         "deletion_perturb": perturb,
+        "deletion_scalar": s.deletion_scalar,
         "deletion_ratio": dele["ratio"],
         "deletion_top_change": dele["top_change"],
         "deletion_random_change": dele["random_change"],

@@ -78,3 +78,23 @@ def test_masks_and_changes_of_a_known_scalar():
 
     v0, top_change, rand_change = deletion_changes(value, x, attr, 16, 2.0, (0,), 4, "shifted", g)
     assert v0 == 1.0 and top_change > 0.3 and rand_change < 0.05
+
+
+def test_network_scalar_counts_only_what_the_prediction_changes():
+    """A network that predicts the identity whatever it sees: blurring the moving image changes the
+    similarity by the blur itself (``scalar="perturbed"``) but not through the network (``"network"``)."""
+    from explain_helpers import anatomy, tiny_network
+
+    net = tiny_network(0).eval()  # heads start at the identity: the prediction does not depend on the input
+    mov, fix = anatomy(3)
+    ex = StageExplainer.for_stage(net, "encoder", "similarity")
+    x = torch.cat([mov, fix], 1)
+    assert torch.allclose(ex.scalar_on_reference(x, x), ex.scalar(mov, fix))
+    attr = torch.rand(1, 1, *mov.shape[2:], generator=torch.Generator().manual_seed(0))
+    perturbed = deletion_check(ex, mov, fix, attr, perturb="moving", n_random=2, scalar="perturbed")
+    network = deletion_check(ex, mov, fix, attr, perturb="moving", n_random=2, scalar="network")
+    assert perturbed["top_change"] > 1e-3 and network["top_change"] < 1e-4 and network["scalar"] == "network"
+    with pytest.raises(ValueError, match="scalar"):
+        deletion_check(ex, mov, fix, attr, scalar="clean")
+    with pytest.raises(ValueError, match="same shape"):
+        ex.scalar_on_reference(x, x[..., :-1])

@@ -30,7 +30,8 @@ def test_sanity_report_keys(fitted):
     for key in ("randomisation_spearman", "deletion_ratio", "deletion_ratio_shifted", "localisation_ratio"):
         assert math.isfinite(row[key]), key
     assert rep["settings"]["n_random"] == 2 and rep["settings"]["scope"] == "downstream"
-    assert rep["settings"]["perturb"] == {"default": "both", "encoder": "moving"} and row["deletion_perturb"] == "both"
+    assert rep["settings"]["perturb"] == "both" and row["deletion_perturb"] == "both"
+    assert rep["settings"]["deletion_scalar"] == "network" and row["deletion_scalar"] == "network"
     assert len(rep["settings"]["box"]) == 2
 
 
@@ -53,9 +54,10 @@ def test_refinement_sanity_report_checks_the_pipeline_refinement(fitted):
     assert row["localisation_ratio"] > 2.0, row
 
 
-def test_deletion_perturbs_the_moving_image_alone_for_the_encoder_by_default():
-    """The encoder's scalar is the similarity of the two images: its deletion blurs one of them."""
+def test_deletion_blurs_both_images_for_the_network_alone_by_default():
+    """The maps explain the network: by default its inputs are blurred and the scalar compares the clean images."""
     s = SanitySettings()
-    assert s.perturb_for("encoder") == "moving" and s.perturb_for("affine") == "both"
+    assert s.perturb_for("encoder") == "both" and s.deletion_scalar == "network"
     assert SanitySettings(perturb="fixed").perturb_for("encoder") == "fixed"
     assert SanitySettings(perturb={"decoder_ab": "moving"}).perturb_for("encoder") == "both"
+    assert SanitySettings(perturb={"encoder": "moving"}).perturb_for("encoder") == "moving"
