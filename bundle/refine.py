@@ -116,7 +116,7 @@ class InstanceRefiner:
             images carry no signal) or ``"bending"`` (second derivatives: extrapolates it smoothly there).
         tolerance: relative improvement below which an iteration does not count as progress.
         patience: iterations without progress before a level stops.
-        num_bins: MI histogram bins.
+        num_bins: MI histogram bins (both stages; each level's MI spans its own intensity range).
         lncc_kernel: LNCC window (rectangular; MONAI's Gaussian window is wrong above 3).
         affine_foreground, deformable_foreground: per stage, the ``"mi"`` and ``"mind"`` similarities
             are evaluated only where the fixed image (in [0, 1], pooled to the level) exceeds this
@@ -184,6 +184,8 @@ class InstanceRefiner:
         self.regulariser = regulariser
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
+        if self.num_bins <= 4:
+            raise ValueError(f"num_bins must be > 4 (two bins pad each side of the cubic Parzen window), got {num_bins}")
         self.affine_foreground, self.deformable_foreground = float(affine_foreground), float(deformable_foreground)
         for value in (self.affine_foreground, self.deformable_foreground):
             if not 0.0 <= value < 1.0:
@@ -422,7 +424,7 @@ class InstanceRefiner:
             before, after = float(objectives[-1](theta0)), float(objectives[-1](theta))
         reverted = after > before
         stats["affine"] = {
-            "similarity": self.affine_similarity, "start": "network" if chosen == 0 else f"alternative {chosen}",
+            "similarity": self.affine_similarity, "num_bins": self.num_bins, "start": "network" if chosen == 0 else f"alternative {chosen}",
             "coarse_similarity_per_start": [c[0]["similarity_after"] for c in candidates], "levels": levels,
             "iterations": sum(c[0]["iterations"] for c in candidates) + sum(v["iterations"] for v in levels[1:]),
             "similarity_before": -before, "similarity_after": -min(before, after), "reverted": reverted,
@@ -476,7 +478,7 @@ class InstanceRefiner:
             before, after = float(objective_at(-1, velocity0)), float(objective_at(-1, velocity))
         reverted = after > before
         stats["deformable"] = {
-            "similarity": self.deformable_similarity, "regulariser": self.regulariser, "regularisation": self.regularisation,
+            "similarity": self.deformable_similarity, "num_bins": self.num_bins, "regulariser": self.regulariser, "regularisation": self.regularisation,
             "start": start_from, "levels": levels,
             "iterations": sum(v["iterations"] for v in levels), "objective_before": before, "objective_after": min(before, after),
             "reverted": reverted, "seconds": time.perf_counter() - t0,

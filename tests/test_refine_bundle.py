@@ -100,7 +100,8 @@ def test_known_affine_recovered_within_half_a_voxel_with_refinement(pair_3d, ref
     assert affine["iterations"] > 0 and affine["similarity_after"] >= affine["similarity_before"]
     deformable = metrics["refinement"]["deformable"]
     assert deformable["objective_after"] <= deformable["objective_before"]
-    assert deformable["regulariser"] == "bending" and deformable["regularisation"] == [100.0, 100.0, 10.0]  # the shipped 3D defaults
+    assert deformable["regulariser"] == "bending" and deformable["regularisation"] == [100.0, 100.0, 30.0]  # the shipped 3D defaults
+    assert affine["num_bins"] == deformable["num_bins"] == 96
     assert metrics["seconds"]["refine"] > 0 and metrics["folding_percent"] < 0.01  # a few voxels of 10^5 at most (0.0009 % seen once)
 
 
