@@ -27,6 +27,7 @@ from bundle.cli import BUNDLE_ROOT
 from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
 from bundle.explain.gradcam import explain_pair
+from bundle.explain.localisation import default_box
 from bundle.explain.refinement import refinement_sanity_report
 from bundle.explain.sanity import SanitySettings, sanity_report
 
@@ -44,6 +45,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--perturb", default="both", help="images deletion blurs: moving, fixed or both (SanitySettings.perturb)")
     parser.add_argument("--deletion_scalar", default="network", help="network or perturbed (SanitySettings.deletion_scalar)")
     parser.add_argument("--refinement", type=int, default=1, help="also check the refinement's maps (1) or not (0)")
+    parser.add_argument("--network_checks", type=int, default=1, help="check the network's maps (1) or only the refinement's (0)")
     args = parser.parse_args(argv)
     settings = {"perturb": args.perturb, "deletion_scalar": args.deletion_scalar}
     if args.stages:
@@ -67,7 +69,8 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         maps = explain_pair(net, m, f, spacing_mm=registrar.spacing_mm)
         t_explain = time.perf_counter() - t0
-        report = sanity_report(net, m, f, SanitySettings(spacing_mm=registrar.spacing_mm, **settings))
+        sanity = SanitySettings(spacing_mm=registrar.spacing_mm, **settings)
+        report = sanity_report(net, m, f, sanity) if args.network_checks else {"settings": sanity.as_json(default_box(f))}
         if args.refinement:
             t0 = time.perf_counter()
             report.update(refinement_sanity_report(registrar.refiner, net, m, f, box=report["settings"]["box"]))
