@@ -116,7 +116,8 @@ class InstanceRefiner:
             images carry no signal) or ``"bending"`` (second derivatives: extrapolates it smoothly there).
         tolerance: relative improvement below which an iteration does not count as progress.
         patience: iterations without progress before a level stops.
-        num_bins: MI histogram bins (both stages; each level's MI spans its own intensity range).
+        num_bins: MI histogram bins, per level (an int: every level); both stages. Each level's MI
+            spans its own intensity range.
         lncc_kernel: LNCC window (rectangular; MONAI's Gaussian window is wrong above 3).
         affine_foreground, deformable_foreground: per stage, the ``"mi"`` and ``"mind"`` similarities
             are evaluated only where the fixed image (in [0, 1], pooled to the level) exceeds this
@@ -150,7 +151,7 @@ class InstanceRefiner:
         regulariser: str = "diffusion",
         tolerance: float = 1e-4,
         patience: int = 20,
-        num_bins: int = 32,
+        num_bins: int | Sequence[int] = 32,
         lncc_kernel: int = 5,
         affine_foreground: float = 0.1,
         deformable_foreground: float = 0.0,
@@ -183,8 +184,9 @@ class InstanceRefiner:
         self.smoothness = make_regulariser(regulariser)
         self.regulariser = regulariser
         self.tolerance, self.patience = float(tolerance), int(patience)
-        self.num_bins, self.lncc_kernel = int(num_bins), int(lncc_kernel)
-        if self.num_bins <= 4:
+        self.num_bins = [int(v) for v in _per_level(num_bins, len(self.levels), "num_bins")]
+        self.lncc_kernel = int(lncc_kernel)
+        if min(self.num_bins) <= 4:
             raise ValueError(f"num_bins must be > 4 (two bins pad each side of the cubic Parzen window), got {num_bins}")
         self.affine_foreground, self.deformable_foreground = float(affine_foreground), float(deformable_foreground)
         for value in (self.affine_foreground, self.deformable_foreground):
@@ -207,10 +209,11 @@ class InstanceRefiner:
         return "lncc" in (self.affine_similarity, self.deformable_similarity)
 
     # -- similarity ---------------------------------------------------------------------------
-    def similarity_loss(self, name: str, dims: int) -> nn.Module:
-        """The loss (lower is better) of a similarity; ``"mind"`` compares descriptors (see :meth:`source_target`)."""
+    def similarity_loss(self, name: str, dims: int, level: int = -1) -> nn.Module:
+        """The loss (lower is better) of a similarity at pyramid level ``level`` (default: the finest);
+        ``"mind"`` compares descriptors (see :meth:`source_target`)."""
         if name == "mi":
-            return SparseMutualInformationLoss(num_bins=self.num_bins)
+            return SparseMutualInformationLoss(num_bins=self.num_bins[level])
         if name == "lncc":
             return LocalNormalizedCrossCorrelationLoss(spatial_dims=dims, kernel_size=self.lncc_kernel, kernel_type="rectangular")
         return MINDSSCLoss(descriptors=True)
@@ -395,11 +398,11 @@ class InstanceRefiner:
     def _refine_affine(self, moving, fixed, synth, theta0, stats, starts=()) -> torch.Tensor:
         t0 = time.perf_counter()
         dims = moving.ndim - 2
-        loss_fn = self.similarity_loss(self.affine_similarity, dims)
         pyramid = self._pyramid(self.affine_similarity, moving, fixed, synth)
+        samplers = self._samplers(self.affine_similarity, pyramid, fixed, self.affine_foreground)
         objectives = [
-            self._affine_objective(loss_fn, src, tgt, s, sampler)
-            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.affine_similarity, pyramid, fixed, self.affine_foreground))
+            self._affine_objective(self.similarity_loss(self.affine_similarity, dims, k), src, tgt, s, sampler)
+            for k, ((src, tgt), s, sampler) in enumerate(zip(pyramid, self.levels, samplers))
         ]
         half = torch.as_tensor([s / 2.0 for s in moving.shape[2:]], dtype=theta0.dtype).view(1, dims, 1)
 
@@ -445,16 +448,16 @@ class InstanceRefiner:
         t0 = time.perf_counter()
         dims = moving.ndim - 2
         network_velocity, velocity0 = velocity0, self.finer_velocity(velocity0, tuple(moving.shape[2:]))
-        loss_fn = self.similarity_loss(self.deformable_similarity, dims)
         pyramid = self._pyramid(self.deformable_similarity, moving, fixed, synth)
         velocity = velocity0.clone().requires_grad_(True)
         def reg(k, v):
             weight = self.regularisation[k]
             return weight * self.smoothness(v) if weight > 0 and min(v.shape[2:]) > 2 else v.new_zeros(())
 
+        samplers = self._samplers(self.deformable_similarity, pyramid, fixed, self.deformable_foreground)
         similarities = [
-            self._deformable_objective(loss_fn, src, tgt, s, sampler, theta, integrate)
-            for (src, tgt), s, sampler in zip(pyramid, self.levels, self._samplers(self.deformable_similarity, pyramid, fixed, self.deformable_foreground))
+            self._deformable_objective(self.similarity_loss(self.deformable_similarity, dims, k), src, tgt, s, sampler, theta, integrate)
+            for k, ((src, tgt), s, sampler) in enumerate(zip(pyramid, self.levels, samplers))
         ]
 
         def objective_at(k, v):

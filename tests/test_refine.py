@@ -116,6 +116,9 @@ def test_refiner_rejects_bad_settings():
         InstanceRefiner(levels=[4, 2], regularisation=[10, -1])
     with pytest.raises(ValueError, match="num_bins must be > 4"):
         InstanceRefiner(levels=[4, 2], num_bins=4)
+    with pytest.raises(ValueError, match="num_bins needs one value per level"):
+        InstanceRefiner(levels=[4, 2, 1], num_bins=[32, 64])
+    assert InstanceRefiner(levels=[4, 2], num_bins=[32, 64]).similarity_loss("mi", 3, 0).num_bins == 32
     with pytest.raises(ValueError, match="not divisible"):
         InstanceRefiner(levels=[4]).refine(torch.rand(1, 1, 10, 8), torch.rand(1, 1, 10, 8), IDENTITY[2], torch.zeros(1, 2, 2, 2))
 

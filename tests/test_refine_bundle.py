@@ -101,7 +101,7 @@ def test_known_affine_recovered_within_half_a_voxel_with_refinement(pair_3d, ref
     deformable = metrics["refinement"]["deformable"]
     assert deformable["objective_after"] <= deformable["objective_before"]
     assert deformable["regulariser"] == "bending" and deformable["regularisation"] == [100.0, 100.0, 30.0]  # the shipped 3D defaults
-    assert affine["num_bins"] == deformable["num_bins"] == 96
+    assert affine["num_bins"] == deformable["num_bins"] == [96, 96, 96]
     assert metrics["seconds"]["refine"] > 0 and metrics["folding_percent"] < 0.01  # a few voxels of 10^5 at most (0.0009 % seen once)
 
 
