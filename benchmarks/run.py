@@ -24,7 +24,7 @@ from bundle.cli import BUNDLE_ROOT, config_files
 from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
 from bundle.data.subject import write_subject_data
-from bundle.evaluate import PairData, _identity_result, summarise
+from bundle.evaluate import PairData, _identity_result, moving_on_fixed_grid, summarise
 from bundle.inference import PairRegistrar
 
 from . import classical
@@ -102,17 +102,11 @@ def ground_truth_result(pair: PairData) -> tuple[np.ndarray, np.ndarray]:
     Its Dice is below 1 because labels are resampled at 2 mm and the moving labels were
     themselves resampled when the pair was made; its displacement error is 0 by definition.
     """
-    import torch
-
-    from bundle.resample import grid_world_points, sample_at_world
-
     if pair.gt is None:
         raise ValueError(f"{pair.item['moving']}: no ground-truth field (gt_ddf) for the ground_truth method")
     dims = pair.fixed.ndim
     ddf_mm = np.einsum("ij,j...->i...", pair.fixed_affine[:dims, :dims], pair.gt[0].numpy())
-    pts = grid_world_points(pair.fixed_affine, pair.fixed.shape, dtype=torch.float64) + torch.from_numpy(ddf_mm)
-    warped = sample_at_world(torch.from_numpy(pair.moving.astype(np.float64))[None], pair.moving_affine, pts)[0].numpy()
-    return ddf_mm, warped.astype(np.float32)
+    return ddf_mm, moving_on_fixed_grid(pair.fixed, pair.fixed_affine, pair.moving, pair.moving_affine, ddf_mm)
 
 
 def run_method(method: str, pair: PairData, registrar: PairRegistrar, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -93,14 +93,19 @@ def registration_metrics(
     return out
 
 
-def _identity_result(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> dict:
+def moving_on_fixed_grid(fixed, fixed_affine, moving, moving_affine, ddf_mm: np.ndarray | None = None) -> np.ndarray:
+    """The moving image sampled at the fixed grid's world points, moved by ``ddf_mm`` (RAS mm) when given."""
     from .resample import sample_at_world
 
-    dims = fixed.ndim
     pts = grid_world_points(fixed_affine, fixed.shape, dtype=torch.float64)
-    warped = sample_at_world(torch.from_numpy(moving.astype(np.float64))[None], moving_affine, pts)[0].numpy()
-    zero = np.zeros((dims, *fixed.shape))
-    return {"ddf_mm": zero, "ddf_voxel": zero, "warped": warped.astype(np.float32), "seconds": {}}
+    if ddf_mm is not None:
+        pts = pts + torch.from_numpy(ddf_mm)
+    return sample_at_world(torch.from_numpy(moving.astype(np.float64))[None], moving_affine, pts)[0].numpy().astype(np.float32)
+
+
+def _identity_result(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray) -> dict:
+    zero = np.zeros((fixed.ndim, *fixed.shape))
+    return {"ddf_mm": zero, "ddf_voxel": zero, "warped": moving_on_fixed_grid(fixed, fixed_affine, moving, moving_affine), "seconds": {}}
 
 
 class PairData:

@@ -185,9 +185,8 @@ class InstanceRefiner:
         self.regulariser = regulariser
         self.tolerance, self.patience = float(tolerance), int(patience)
         self.num_bins = [int(v) for v in _per_level(num_bins, len(self.levels), "num_bins")]
+        self._mi = [SparseMutualInformationLoss(num_bins=b) for b in self.num_bins]  # checks the bins (a config error, not a run error)
         self.lncc_kernel = int(lncc_kernel)
-        if min(self.num_bins) <= 4:
-            raise ValueError(f"num_bins must be > 4 (two bins pad each side of the cubic Parzen window), got {num_bins}")
         self.affine_foreground, self.deformable_foreground = float(affine_foreground), float(deformable_foreground)
         for value in (self.affine_foreground, self.deformable_foreground):
             if not 0.0 <= value < 1.0:
@@ -213,7 +212,7 @@ class InstanceRefiner:
         """The loss (lower is better) of a similarity at pyramid level ``level`` (default: the finest);
         ``"mind"`` compares descriptors (see :meth:`source_target`)."""
         if name == "mi":
-            return SparseMutualInformationLoss(num_bins=self.num_bins[level])
+            return self._mi[level]
         if name == "lncc":
             return LocalNormalizedCrossCorrelationLoss(spatial_dims=dims, kernel_size=self.lncc_kernel, kernel_type="rectangular")
         return MINDSSCLoss(descriptors=True)

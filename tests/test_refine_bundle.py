@@ -125,8 +125,9 @@ def test_refine_false_reproduces_the_network_only_result_bitwise(pair_3d, refine
     # the network alone is within a voxel, and the refinement improves on it
     err_net = _error_voxels(tmp_path / "bundle", pair_3d["gt"], pair_3d["mask"])
     err_refined = _error_voxels(refined_3d, pair_3d["gt"], pair_3d["mask"])
-    # measured: network 0.35, refined 0.29 voxels (bending-regularised velocity; 0.26 with diffusion 10, 0.27 affine stage alone)
-    assert err_net < 1.0 and err_refined < 0.9 * err_net, f"network {err_net:.3f}, refined {err_refined:.3f} voxels"
+    print(f"known affine: network {err_net:.3f}, refined {err_refined:.3f} voxels")
+    # measured: network 0.35, refined 0.23 voxels (the 96-bin MI, bending [100, 100, 30]; 0.29 with 32 bins and [100, 100, 10])
+    assert err_net < 1.0 and err_refined < 0.8 * err_net, f"network {err_net:.3f}, refined {err_refined:.3f} voxels"
 
 
 def test_origins_200_mm_apart_still_register_with_initialisation(pair_3d, tmp_path):
