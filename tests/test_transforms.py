@@ -131,3 +131,14 @@ def test_the_configs_intensity_scaling_is_the_fallback_transform():
     parser = ConfigParser()
     parser.read_config(config_files("inference.json"))
     assert isinstance(parser.get_parsed_content("intensity_scaling"), ScaleIntensityRangePercentilesOrMinMax)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lower,upper", [(0.5, 99.5), (0.0, 100.0), (2.0, 98.0), (50.0, 50.0)])
+def test_percentiles_from_one_selection_equal_torch_quantile_bitwise(dtype, lower, upper):
+    from monai.data import MetaTensor
+
+    img = MetaTensor(torch.rand(1, 13, 17, 11, generator=torch.Generator().manual_seed(5), dtype=dtype) ** 3 * 700.0)
+    ours = ScaleIntensityRangePercentilesOrMinMax(lower=lower, upper=upper, b_min=0.0, b_max=1.0)
+    expected = [float(torch.quantile(img.as_tensor().reshape(-1), q / 100.0)) for q in (lower, upper)]
+    assert list(ours._percentiles(img)) == expected
