@@ -125,7 +125,9 @@ class InstanceRefiner:
         samples: voxels per level at which the ``"mi"`` and ``"mind"`` similarities are
             evaluated (a fixed random subset of each level's foreground); 0 evaluates all of them.
         velocity_upsample: refine the velocity on a grid this many times finer than the
-            network's (its start upsampled, vectors scaled); 1 keeps the network's grid.
+            network's (its start resampled, vectors scaled); 1 keeps the network's grid, and a
+            factor below 1 refines a coarser, smoother field (0.5: twice the spacing, the start
+            average-pooled), with fewer parameters and a cheaper integration.
         multistart: also start the affine stage from the identity (the initialisation alone)
             and keep whichever start reaches the better coarse similarity; start the velocity
             stage from zero instead of the network's field when that has the lower objective.
@@ -194,9 +196,9 @@ class InstanceRefiner:
         self.samples = int(samples)
         if self.samples < 0:
             raise ValueError(f"samples must be >= 0 (0: every voxel), got {samples}")
-        self.velocity_upsample = int(velocity_upsample)
-        if self.velocity_upsample < 1:
-            raise ValueError(f"velocity_upsample must be >= 1 (1: the network's grid), got {velocity_upsample}")
+        self.velocity_upsample = float(velocity_upsample)
+        if not self.velocity_upsample > 0:
+            raise ValueError(f"velocity_upsample must be > 0 (1: the network's grid, 0.5: twice as coarse), got {velocity_upsample}")
         self.multistart = as_bool(multistart, "multistart")
         self.repredict_velocity = as_bool(repredict_velocity, "repredict_velocity")
         self.enabled = as_bool(enabled, "refine")
@@ -435,8 +437,9 @@ class InstanceRefiner:
         return theta0 if reverted else theta
 
     def finer_velocity(self, velocity: torch.Tensor, size_full) -> torch.Tensor:
-        """``velocity`` on a grid :attr:`velocity_upsample` times finer (at most the network grid), in its voxels."""
-        size = tuple(min(n * self.velocity_upsample, full) for n, full in zip(velocity.shape[2:], size_full))
+        """``velocity`` on a grid :attr:`velocity_upsample` times finer (at most the network grid, at
+        least 2 voxels a side), in its voxels; linear resampling, which for a factor 0.5 is 2x average pooling."""
+        size = tuple(max(2, min(int(round(n * self.velocity_upsample)), full)) for n, full in zip(velocity.shape[2:], size_full))
         if size == tuple(velocity.shape[2:]):
             return velocity
         return field_to_ddf(velocity, size)  # trilinear, vectors scaled to the finer voxels

@@ -106,8 +106,9 @@ def test_refiner_rejects_bad_settings():
         InstanceRefiner(levels=[4, 2], velocity_optimiser=["lbfgs", "newton"])
     with pytest.raises(ValueError, match="affine_optimiser must be one of"):
         InstanceRefiner(affine_optimiser="sgd")
-    with pytest.raises(ValueError, match="velocity_upsample must be >= 1"):
-        InstanceRefiner(velocity_upsample=0)
+    for bad in (0, -0.5):
+        with pytest.raises(ValueError, match="velocity_upsample must be > 0"):
+            InstanceRefiner(velocity_upsample=bad)
     with pytest.raises(ValueError, match="regulariser must be one of"):
         InstanceRefiner(regulariser="tv")
     with pytest.raises(ValueError, match="regularisation needs one value per level"):
@@ -138,6 +139,24 @@ def test_a_finer_velocity_grid_starts_from_the_same_map(dims):
     a, b = field_to_ddf(coarse, (n,) * dims, integrate), field_to_ddf(fine, (n,) * dims, integrate)
     assert float((a - b).norm(dim=1).mean()) < 0.05 * float(a.norm(dim=1).mean())  # 2-3 %: border and integration
     assert InstanceRefiner(velocity_upsample=16).finer_velocity(coarse, (n,) * dims).shape == (1, dims) + (n,) * dims  # capped
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_coarser_velocity_grid_is_the_pooled_field_in_its_own_voxels(dims):
+    """velocity_upsample 0.5: the start is the 2x average-pooled field, vectors halved (coarse voxels), and it
+    integrates to (almost) the same displacement on the image grid."""
+    from bundle.networks.deformable_head import field_to_ddf
+
+    n, integrate = 32, DVF2DDF(num_steps=7)
+    g = torch.Generator().manual_seed(4)
+    fine = torch.nn.functional.interpolate(torch.randn((1, dims) + (2,) * dims, generator=g), size=(16,) * dims,
+                                           mode="bilinear" if dims == 2 else "trilinear", align_corners=False) * 0.4
+    coarse = InstanceRefiner(velocity_upsample=0.5).finer_velocity(fine, (n,) * dims)
+    pool = torch.nn.functional.avg_pool3d if dims == 3 else torch.nn.functional.avg_pool2d
+    torch.testing.assert_close(coarse, pool(fine, 2) * 0.5, rtol=1e-5, atol=1e-6)
+    a, b = field_to_ddf(fine, (n,) * dims, integrate), field_to_ddf(coarse, (n,) * dims, integrate)
+    assert float((a - b).norm(dim=1).mean()) < 0.1 * float(a.norm(dim=1).mean())  # 3-6 %: the pooled detail
+    assert InstanceRefiner(velocity_upsample=0.01).finer_velocity(fine, (n,) * dims).shape == (1, dims) + (2,) * dims  # at least 2 a side
 
 
 @pytest.mark.parametrize(
