@@ -42,6 +42,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--merge", nargs="+", default=None, help="only summarise the per-pair results of these output files together")
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
     parser.add_argument("--stages", default=None, help="comma-separated network stages to check (default: every default stage)")
+    parser.add_argument("--method", default=None, help="gradcam or hirescam for every checked stage (default: each stage's own)")
     parser.add_argument("--perturb", default="both", help="images deletion blurs: moving, fixed or both (SanitySettings.perturb)")
     parser.add_argument("--deletion_scalar", default="network", help="network or perturbed (SanitySettings.deletion_scalar)")
     parser.add_argument("--refinement", type=int, default=1, help="also check the refinement's maps (1) or not (0)")
@@ -50,6 +51,8 @@ def main(argv=None) -> dict:
     settings = {"perturb": args.perturb, "deletion_scalar": args.deletion_scalar}
     if args.stages:
         settings["stages"] = args.stages.split(",")
+    if args.method:
+        settings["method"] = args.method
     if args.merge:
         out = _summary([r for path in args.merge for r in json.loads(Path(path).read_text())["per_pair"]])
         Path(args.output).write_text(json.dumps(out, indent=2, default=float))
