@@ -41,16 +41,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip", type=int, default=0, help="start after this many held-out pairs (to split a run over processes)")
     parser.add_argument("--merge", nargs="+", default=None, help="only summarise the per-pair results of these output files together")
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
-    parser.add_argument("--stages", default=None, help="comma-separated network stages to check (default: every default stage)")
-    parser.add_argument("--method", default=None, help="gradcam or hirescam for every checked stage (default: each stage's own)")
+    parser.add_argument("--stages", default=None, help="comma-separated network stages to check, or a JSON object of stage specs (default: every default stage)")
+    parser.add_argument("--method", default=None, help="gradcam, hirescam or gradient for every checked stage (default: each stage's own)")
     parser.add_argument("--perturb", default="both", help="images deletion blurs: moving, fixed or both (SanitySettings.perturb)")
     parser.add_argument("--deletion_scalar", default="network", help="network or perturbed (SanitySettings.deletion_scalar)")
     parser.add_argument("--refinement", type=int, default=1, help="also check the refinement's maps (1) or not (0)")
     parser.add_argument("--network_checks", type=int, default=1, help="check the network's maps (1) or only the refinement's (0)")
     args = parser.parse_args(argv)
     settings = {"perturb": args.perturb, "deletion_scalar": args.deletion_scalar}
-    if args.stages:
-        settings["stages"] = args.stages.split(",")
+    if args.stages:  # names, or a JSON object of stage specs: '{"affine": {"layer": "affine_head.heatmap", "method": "gradient"}}'
+        settings["stages"] = json.loads(args.stages) if args.stages.lstrip().startswith("{") else args.stages.split(",")
     if args.method:
         settings["method"] = args.method
     if args.merge:

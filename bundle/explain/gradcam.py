@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 
-METHODS = ("gradcam", "hirescam")
+METHODS = ("gradcam", "hirescam", "gradient")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class StageSpec:
         layer: dotted path of the explained module (``encoder.levels[-1]``).
         call_index: which call of the module per forward pass is explained.
         batch_group: with ``k * B`` items in the tapped activation, keep group ``j`` (``None``: sum).
-        method: ``"gradcam"`` or ``"hirescam"`` (see :class:`StageExplainer`).
+        method: ``"gradcam"``, ``"hirescam"`` or ``"gradient"`` (see :class:`StageExplainer`).
     """
 
     layer: str
@@ -247,10 +247,15 @@ class StageExplainer:
     weighted by the spatial mean of the gradient, ``ReLU(sum_c mean_x(dy/dA_c) A_c(x))``.
     ``method="hirescam"`` (Draelos and Carin, 2020) keeps the gradient per voxel,
     ``ReLU(sum_c dy/dA_c(x) A_c(x))`` (Captum ``LayerGradientXActivation`` summed over
-    channels). The two coincide when the gradient is spatially uniform, as for the affine
-    head (its convolution is followed by global average pooling). For dense outputs (the
-    deformable field, synthesised images) the gradient is concentrated where the output
-    changes and Grad-CAM's spatial averaging discards that; see ``docs/explanations.md``.
+    channels). The two coincide when the gradient is spatially uniform (a head that pools
+    globally). For dense outputs (the deformable field, synthesised images) the gradient is
+    concentrated where the output changes and Grad-CAM's spatial averaging discards that; see
+    ``docs/explanations.md``. ``method="gradient"`` is the magnitude of the layer's gradient
+    alone, ``sum_c |dy/dA_c(x)|`` (Captum ``LayerGradientXActivation`` without the
+    multiplication by the activation): for a layer whose output is read only through a
+    spatial expectation, such as the keypoint head's heat-map logits, it is how much voxel
+    ``x`` moves the scalar through the keypoints, with no copy of the activation's (the
+    anatomy's) pattern in it.
 
     Args:
         network: a ``RegistrationBundleNet`` or ``MultiModalRegNet``.
@@ -261,7 +266,7 @@ class StageExplainer:
         spacing_mm: network grid voxel size, for the ``_mm`` targets.
         roi_mask: ROI for the ``displacement_roi`` targets, on the network grid.
         relu: keep only evidence that increases the scalar (Captum's ``relu_attributions``).
-        method: ``"gradcam"`` or ``"hirescam"``.
+        method: ``"gradcam"``, ``"hirescam"`` or ``"gradient"``.
     """
 
     def __init__(
@@ -361,6 +366,8 @@ class StageExplainer:
     def _layer_attribution(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "gradcam":
             return LayerGradCam(self.forward_func, self.tap.tap).attribute(x, relu_attributions=self.relu)
+        if self.method == "gradient":
+            return LayerGradientXActivation(self.forward_func, self.tap.tap, multiply_by_inputs=False).attribute(x).abs().sum(dim=1, keepdim=True)
         attr = LayerGradientXActivation(self.forward_func, self.tap.tap).attribute(x).sum(dim=1, keepdim=True)
         return F.relu(attr) if self.relu else attr
 

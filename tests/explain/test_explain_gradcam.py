@@ -135,3 +135,33 @@ def test_stage_and_target_selection():
         ("deformable", "displacement_roi", "hirescam"), ("enc1", "similarity", "gradcam")
     ]
     _check_maps(exs, (1, 1, 32, 32))
+
+
+def test_gradient_method_is_the_layer_gradient_magnitude_over_both_images():
+    """``method="gradient"`` on the keypoint head's heat-map logits: ``sum_k |dy/dlogit_k(x)|`` of the
+    moving and the fixed image's maps, summed, upsampled; it reads no activation."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files("explain.json"))
+    parser["spatial_dims"] = 2
+    torch.manual_seed(4)
+    net = parser.get_parsed_content("network_def", instantiate=True).eval()
+    assert net.affine == "keypoints"
+    m, f = torch.rand(1, 1, 48, 48), torch.rand(1, 1, 48, 48)
+    target = make_target("translation_x_mm", 2, spacing_mm=2.0)
+    saved = {}
+    handle = net.affine_head.heatmap.register_forward_hook(lambda mod, args, out: saved.setdefault("logits", out))
+    try:
+        value = target(net.register(m, f, bidirectional=False, synthesis=False), m, f)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(value.sum(), saved["logits"])
+    per_image = grad.abs().sum(1, keepdim=True)  # (2, 1, h, w): moving, fixed
+    ref = F.interpolate(per_image[:1] + per_image[1:], size=(48, 48), mode="bilinear", align_corners=False)
+    ex = StageExplainer(net, "affine_head.heatmap", target, method="gradient")
+    ours = ex.attribute(m, f)
+    assert float(ours.max()) > 0
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))
+    spec = stage_specs({"affine": {"layer": "affine_head.heatmap", "method": "gradient"}})["affine"]
+    assert spec.method == "gradient" and StageExplainer.for_stage(net, spec, target).method == "gradient"
