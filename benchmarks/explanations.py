@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip", type=int, default=0, help="start after this many held-out pairs (to split a run over processes)")
     parser.add_argument("--merge", nargs="+", default=None, help="only summarise the per-pair results of these output files together")
     parser.add_argument("--output", default=str(BUNDLE_ROOT / "outputs" / "benchmarks" / "explanations.json"))
-    parser.add_argument("--stages", default=None, help="comma-separated network stages to check, or a JSON object of stage specs (default: every default stage)")
+    parser.add_argument("--stages", default=None, help="comma-separated network stages to check, or a JSON object of stage specs (default: the default stages)")
     parser.add_argument("--method", default=None, help="gradcam, hirescam or gradient for every checked stage (default: each stage's own)")
     parser.add_argument("--perturb", default="both", help="images deletion blurs: moving, fixed or both (SanitySettings.perturb)")
     parser.add_argument("--deletion_scalar", default="network", help="network or perturbed (SanitySettings.deletion_scalar)")
