@@ -48,6 +48,8 @@ __all__ = [
     "DEFAULT_STAGES",
     "resolve_layer",
     "stage_specs",
+    "spec_for_network",
+    "LAYER_FALLBACKS",
     "default_targets",
     "LayerCallTap",
     "StageExplainer",
@@ -89,10 +91,13 @@ STAGES: dict[str, StageSpec] = {
     "encoder_fixed": StageSpec("encoder.levels[-1]", batch_group=1),
     "decoder_ab": StageSpec("decoder_ab.decoder.blocks[-1]"),
     "decoder_ba": StageSpec("decoder_ba.decoder.blocks[-1]"),
-    "affine": StageSpec("affine_head.conv"),
+    "affine": StageSpec("affine_head.heatmap", method="gradient"),
     "deformable": StageSpec("deformable_head.decoder.blocks[-1]", method="hirescam"),
 }
 DEFAULT_STAGES = ("encoder", "decoder_ab", "decoder_ba", "affine", "deformable")
+#: A stage's spec for networks without its default layer: the regression affine head has no
+#: heat maps (its convolution is pooled globally, so Grad-CAM on it is the natural map).
+LAYER_FALLBACKS: dict[str, StageSpec] = {"affine_head.heatmap": StageSpec("affine_head.conv")}
 
 _TOKEN = re.compile(r"^([A-Za-z_]\w*)((?:\[-?\d+\])*)$")
 
@@ -168,6 +173,17 @@ def stage_specs(stages: Sequence[str] | Mapping[str, str | StageSpec | Mapping] 
             raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGES)} or a {{name: layer path}} mapping.")
         out[name] = STAGES[name]
     return out
+
+
+def spec_for_network(network: nn.Module, spec: StageSpec) -> StageSpec:
+    """``spec``, or its :data:`LAYER_FALLBACKS` entry when ``network`` lacks the layer (e.g. the
+    affine stage of a regression head)."""
+    if spec.layer in LAYER_FALLBACKS:
+        try:
+            resolve_layer(network, spec.layer)
+        except ValueError:
+            return LAYER_FALLBACKS[spec.layer]
+    return spec
 
 
 def default_targets(stage: str, layer: str | None = None, spacing_mm=None, roi: bool = False) -> list[str]:
@@ -304,7 +320,7 @@ class StageExplainer:
     @classmethod
     def for_stage(cls, network: nn.Module, stage: str | StageSpec, target: Target | str, **kwargs) -> StageExplainer:
         """An explainer for a named stage of :data:`STAGES` (or a :class:`StageSpec`); kwargs override."""
-        spec = stage if isinstance(stage, StageSpec) else stage_specs([stage])[stage]
+        spec = spec_for_network(network, stage if isinstance(stage, StageSpec) else stage_specs([stage])[stage])
         opts = {"call_index": spec.call_index, "batch_group": spec.batch_group, "method": spec.method, **kwargs}
         return cls(network, spec.layer, target, **opts)
 
@@ -451,9 +467,9 @@ def explain_pair(
         one :class:`Explanation` per (stage, target), in order.
     """
     out = []
-    for stage, spec, name, ex in stage_explainers(network, stages, targets, spacing_mm, roi_mask, method):
+    for stage, _spec, name, ex in stage_explainers(network, stages, targets, spacing_mm, roi_mask, method):
         attr = ex.attribute(moving, fixed)
-        out.append(Explanation(stage, spec.layer, name, ex.target.description, ex.last_value, attr, ex.method))
+        out.append(Explanation(stage, ex.layer_name, name, ex.target.description, ex.last_value, attr, ex.method))
     return out
 
 

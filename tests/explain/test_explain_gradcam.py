@@ -165,3 +165,19 @@ def test_gradient_method_is_the_layer_gradient_magnitude_over_both_images():
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))
     spec = stage_specs({"affine": {"layer": "affine_head.heatmap", "method": "gradient"}})["affine"]
     assert spec.method == "gradient" and StageExplainer.for_stage(net, spec, target).method == "gradient"
+
+
+def test_affine_stage_explains_the_heat_maps_of_a_keypoint_head_and_grad_cam_of_a_regression_head():
+    from bundle.explain.gradcam import spec_for_network
+
+    keypoints = _network_3d()
+    regression = random_network(2, encoder_channels=(4, 8, 8), affine_channels=8)
+    assert keypoints.affine == "keypoints" and regression.affine == "regression"
+    assert STAGES["affine"].layer == "affine_head.heatmap" and STAGES["affine"].method == "gradient"
+    assert spec_for_network(keypoints, STAGES["affine"]) == STAGES["affine"]
+    assert spec_for_network(regression, STAGES["affine"]).layer == "affine_head.conv"
+    ex = StageExplainer.for_stage(regression, "affine", "translation_x")
+    assert ex.layer_name == "affine_head.conv" and ex.method == "gradcam"
+    m, f = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    (explanation,) = explain_pair(regression, m, f, stages=["affine"], targets={"affine": "translation_x"})
+    assert explanation.layer == "affine_head.conv" and explanation.method == "gradcam"
