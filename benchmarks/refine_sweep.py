@@ -24,13 +24,9 @@ from bundle.evaluate import PairData
 from bundle.refine import InstanceRefiner
 
 from .null_pairs import null_datalist
-from .run import _dataset_datalist, _parser, _registrar, select_items
+from .run import _dataset_datalist, _parser, _registrar, select_items, shipped_refiner_kwargs
 
-
-def shipped_refiner_kwargs(dims: int = 3) -> dict:
-    """The refiner keywords of the shipped configuration."""
-    parser = _parser(dims)
-    return {k: parser.get_parsed_content(f"refiner#{k}") for k in parser["refiner"] if not k.startswith("_")}
+__all__ = ["main", "shipped_refiner_kwargs", "variant_refiner"]
 
 
 def variant_refiner(base: dict, over: dict) -> tuple[InstanceRefiner, bool]:

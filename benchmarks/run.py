@@ -75,6 +75,23 @@ def _registrar(checkpoint: str, dims: int = 3) -> PairRegistrar:
     return parser.get_parsed_content("registrar", instantiate=True)
 
 
+def shipped_refiner_kwargs(dims: int = 3) -> dict:
+    """The refiner keywords of the shipped configuration."""
+    parser = _parser(dims)
+    return {k: parser.get_parsed_content(f"refiner#{k}") for k in parser["refiner"] if not k.startswith("_")}
+
+
+def refiner_with(overrides: dict, dims: int = 3):
+    """The shipped :class:`bundle.refine.InstanceRefiner` of ``configs/inference.json`` with ``overrides`` (its keywords)."""
+    from bundle.refine import InstanceRefiner
+
+    shipped = shipped_refiner_kwargs(dims)
+    unknown = set(overrides) - set(shipped)
+    if unknown:
+        raise ValueError(f"unknown refiner keyword(s) {sorted(unknown)}; expected some of {sorted(shipped)}")
+    return InstanceRefiner(**{**shipped, **overrides})
+
+
 def register_with(method: str, fixed, fixed_affine, moving, moving_affine, fixed_path, moving_path, registrar, threads: int | None = None):
     """Displacement (RAS mm, fixed grid) and warped moving image of one method, 2D or 3D.
 
@@ -198,6 +215,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--tag", default="", help="suffix of the docs section and CSV (a supplementary run keeps the main one)")
     parser.add_argument("--null", type=int, default=1, help="also run the data set's aligned null pairs (1) or not (0)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for every method (default: torch's and the tools' own defaults)")
+    parser.add_argument("--refiner", default=None, help='JSON: InstanceRefiner keywords over the shipped ones, e.g. \'{"samples": 50000}\' (with --tag)')
     args = parser.parse_args(argv)
     if args.threads:
         use_threads(args.threads)
@@ -205,6 +223,8 @@ def main(argv=None) -> dict:
     methods = [m for m in args.methods.split(",") if m]
     registrar = _registrar(args.checkpoint)
     registrar.load_weights()
+    if args.refiner:
+        registrar.refiner = refiner_with(json.loads(args.refiner))
     items = select_items(datalist, args.section, args.pairs_per_contrast)
     nulls = [] if args.datalist or not args.null else read_datalist(null_datalist(args.dataset), "test")
     command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()

@@ -1,4 +1,4 @@
-"""The benchmark's ground-truth row: the pair's own motion, scored like every method."""
+"""The benchmark's ground-truth row (the pair's own motion, scored like every method) and its refiner overrides."""
 
 from __future__ import annotations
 
@@ -33,3 +33,14 @@ def test_ground_truth_needs_a_field(pair):
             ground_truth_result(pair)
     finally:
         pair.gt = gt
+
+
+def test_refiner_overrides_change_only_what_they_name():
+    from benchmarks.run import refiner_with, shipped_refiner_kwargs
+
+    shipped = shipped_refiner_kwargs()
+    fast = refiner_with({"samples": 50000, "deformable_iterations": [15, 20, 10]})
+    assert fast.samples == 50000 and fast.deformable_iterations == [15, 20, 10]
+    assert fast.levels == shipped["levels"] and fast.velocity_upsample == shipped["velocity_upsample"] == 0.5
+    with pytest.raises(ValueError, match="unknown refiner keyword"):
+        refiner_with({"sample": 5})
