@@ -428,7 +428,8 @@ class InstanceRefiner:
             before, after = float(objectives[-1](theta0)), float(objectives[-1](theta))
         reverted = after > before
         stats["affine"] = {
-            "similarity": self.affine_similarity, "num_bins": self.num_bins, "start": "network" if chosen == 0 else f"alternative {chosen}",
+            "similarity": self.affine_similarity, "num_bins": self.num_bins, "samples": self.samples,
+            "start": "network" if chosen == 0 else f"alternative {chosen}",
             "coarse_similarity_per_start": [c[0]["similarity_after"] for c in candidates], "levels": levels,
             "iterations": sum(c[0]["iterations"] for c in candidates) + sum(v["iterations"] for v in levels[1:]),
             "similarity_before": -before, "similarity_after": -min(before, after), "reverted": reverted,
@@ -483,7 +484,8 @@ class InstanceRefiner:
             before, after = float(objective_at(-1, velocity0)), float(objective_at(-1, velocity))
         reverted = after > before
         stats["deformable"] = {
-            "similarity": self.deformable_similarity, "num_bins": self.num_bins, "regulariser": self.regulariser, "regularisation": self.regularisation,
+            "similarity": self.deformable_similarity, "num_bins": self.num_bins, "samples": self.samples,
+            "velocity_upsample": self.velocity_upsample, "regulariser": self.regulariser, "regularisation": self.regularisation,
             "start": start_from, "levels": levels,
             "iterations": sum(v["iterations"] for v in levels), "objective_before": before, "objective_after": min(before, after),
             "reverted": reverted, "seconds": time.perf_counter() - t0,

@@ -207,3 +207,14 @@ def test_affine_stage_alone_recovers_the_known_affine(pair_3d, tmp_path):
     assert "deformable" not in metrics["refinement"] and metrics["refinement"]["affine"]["iterations"] > 0
     det = np.asarray(nib.load(str(tmp_path / "affine" / "jacobian.nii.gz")).dataobj)[pair_3d["mask"]]
     assert float(det.std()) < 1e-3  # an affine map: one Jacobian everywhere
+
+
+def test_fast_mode_flat_ids_reach_the_refiner_and_still_recover_the_known_affine(pair_3d, tmp_path):
+    """The README's fast mode (fewer MI samples, a shorter velocity budget) through ``monai.bundle run``."""
+    _infer(pair_3d, tmp_path / "fast", "--refine_samples", "5000", "--refine_deformable_iterations", "[10, 15, 10]")
+    err = _error_voxels(tmp_path / "fast", pair_3d["gt"], pair_3d["mask"])
+    assert err < 0.5, f"mean error {err:.3f} voxels"
+    deformable = json.loads((tmp_path / "fast" / "metrics.json").read_text())["refinement"]["deformable"]
+    assert [v["iterations"] <= n for v, n in zip(deformable["levels"], [10, 15, 10])] == [True] * 3
+    assert deformable["samples"] == 5000 and deformable["velocity_upsample"] == 0.5
+    assert deformable["objective_after"] <= deformable["objective_before"]
