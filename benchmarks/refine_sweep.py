@@ -24,7 +24,7 @@ from bundle.evaluate import PairData
 from bundle.refine import InstanceRefiner
 
 from .null_pairs import null_datalist
-from .run import _dataset_datalist, _parser, _registrar, select_items, shipped_refiner_kwargs
+from .run import _dataset_datalist, _parser, _registrar, refiner_with, select_items, shipped_refiner_kwargs
 
 __all__ = ["main", "shipped_refiner_kwargs", "variant_refiner"]
 
@@ -33,7 +33,7 @@ def variant_refiner(base: dict, over: dict) -> tuple[InstanceRefiner, bool]:
     """A variant's refiner (``over`` on the ``base`` keywords) and whether it starts from the network."""
     over = dict(over)
     from_network = bool(over.pop("network", True))
-    return InstanceRefiner(**{**base, **over}), from_network
+    return refiner_with(over, base), from_network
 
 
 def main(argv=None) -> dict:

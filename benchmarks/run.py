@@ -81,14 +81,15 @@ def shipped_refiner_kwargs(dims: int = 3) -> dict:
     return {k: parser.get_parsed_content(f"refiner#{k}") for k in parser["refiner"] if not k.startswith("_")}
 
 
-def refiner_with(overrides: dict, dims: int = 3):
-    """The shipped :class:`bundle.refine.InstanceRefiner` of ``configs/inference.json`` with ``overrides`` (its keywords)."""
+def refiner_with(overrides: dict, shipped: dict | None = None, dims: int = 3):
+    """An :class:`bundle.refine.InstanceRefiner` of the ``shipped`` keywords (default
+    :func:`shipped_refiner_kwargs`, parsed again) with ``overrides``; an unknown keyword is a ``TypeError``."""
     from bundle.refine import InstanceRefiner
 
-    shipped = shipped_refiner_kwargs(dims)
+    shipped = shipped_refiner_kwargs(dims) if shipped is None else shipped
     unknown = set(overrides) - set(shipped)
     if unknown:
-        raise ValueError(f"unknown refiner keyword(s) {sorted(unknown)}; expected some of {sorted(shipped)}")
+        raise TypeError(f"unknown refiner keyword(s) {sorted(unknown)}; expected some of {sorted(shipped)}")
     return InstanceRefiner(**{**shipped, **overrides})
 
 

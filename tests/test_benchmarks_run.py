@@ -42,5 +42,5 @@ def test_refiner_overrides_change_only_what_they_name():
     fast = refiner_with({"samples": 50000, "deformable_iterations": [15, 20, 10]})
     assert fast.samples == 50000 and fast.deformable_iterations == [15, 20, 10]
     assert fast.levels == shipped["levels"] and fast.velocity_upsample == shipped["velocity_upsample"] == 0.5
-    with pytest.raises(ValueError, match="unknown refiner keyword"):
+    with pytest.raises(TypeError, match="unknown refiner keyword"):
         refiner_with({"sample": 5})
