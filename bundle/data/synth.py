@@ -19,6 +19,12 @@ rather than registration. Here every pair has its own anatomy and its own two co
 4. **Skull stripping**: with probability ``p_skull_strip`` each image, independently, shows
    the brain only (its head tissue rendered black), so that pairs of a stripped and an
    unstripped image (a skull-stripped FLAIR against a whole-head T1) occur in training.
+5. **Real images**: with probability ``p_real_image`` a pair is made of the source template's
+   real MR images instead (:func:`source_images`: a real T1 as the fixed image; as the moving
+   one, half the time a real image of any contrast of the source, else a rendered contrast),
+   moved by the same new anatomy and degraded the same way. Rendered images alone leave a
+   domain gap: a network trained on them alone finds the affine of rendered pairs to 1.8 mm
+   but that of a real T1 against itself (moved) only to about 5 mm.
 
 Everything runs in torch on the training grid (~0.2 s per 3D pair at 2 mm on one core) and is
 seeded: item ``i`` of draw ``k`` of a :class:`SynthPairDataset` is always the same pair, and each
@@ -43,7 +49,7 @@ from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signa
 from .deform import MotionRange, compose_affine_ddf
 from .templates import source_volumes
 
-__all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "SynthPairGenerator", "SynthPairDataset"]
+__all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "source_images", "SynthPairGenerator", "SynthPairDataset"]
 
 #: Channels of a source anatomy; label values are the channel index + 1 for the brain tissues.
 TISSUES = ("csf", "grey", "white", "head")
@@ -90,6 +96,24 @@ def source_anatomies(spacing_mm: float = 2.0) -> tuple[np.ndarray, ...]:
     return tuple(anatomies)
 
 
+@functools.lru_cache(maxsize=4)
+def source_images(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], ...]:
+    """The real MR images of each :func:`source_anatomies` entry, same order and grid, keyed by contrast.
+
+    SPM avg152 gives ``t1``, ``t2`` and ``pd`` (one grid, real paired contrasts); nilearn's
+    MNI152 2009 gives ``t1`` (skull-stripped). Real images carry what rendering from tissue
+    maps lacks (smooth template intensities, texture, the head around the brain).
+    """
+    volumes, affine = source_volumes(float(spacing_mm))
+    images = [{k: np.asarray(volumes[k], dtype=np.float32) for k in ("t1", "t2", "pd")}]
+    try:
+        mni = _mni152_on(affine, volumes["t1"].shape)
+    except ImportError:
+        return tuple(images)
+    images.append({"t1": np.clip(mni["t1"], 0.0, 1.0).astype(np.float32)})
+    return tuple(images)
+
+
 def _smooth_noise(gen: torch.Generator, channels: int, shape: Sequence[int], spacing_vox: float) -> torch.Tensor:
     """Gaussian noise on a coarse grid of ``spacing_vox`` voxels, upsampled (linear) to ``shape``."""
     coarse = [max(2, int(round(s / spacing_vox)) + 1) for s in shape]
@@ -117,6 +141,9 @@ class SynthPairGenerator:
             noise standard deviation (fraction of the maximum intensity).
         p_skull_strip: probability that an image, independently of the other, shows the brain
             only (0 draws nothing, so the pairs of earlier versions stay bitwise the same).
+        p_real_image: probability that a pair is made of the source's real images
+            (:func:`source_images`) moved by the new anatomy instead of rendered ones (0 draws
+            nothing, as above).
     """
 
     def __init__(
@@ -134,6 +161,7 @@ class SynthPairGenerator:
         max_bias: float = 0.3,
         max_noise: float = 0.04,
         p_skull_strip: float = 0.0,
+        p_real_image: float = 0.0,
     ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -146,16 +174,27 @@ class SynthPairGenerator:
         self.motion = motion or MotionRange()
         self.max_blur, self.max_bias, self.max_noise = max_blur_vox, max_bias, max_noise
         self.p_skull_strip = float(p_skull_strip)
+        if not 0.0 <= p_real_image <= 1.0:
+            raise ValueError(f"p_real_image must be in [0, 1], got {p_real_image}")
+        self.p_real = float(p_real_image)
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.warp_nearest = Warp(mode="nearest", padding_mode="zeros")
         self.warp_border = Warp(mode="bilinear", padding_mode="border")
 
     # -- anatomy ------------------------------------------------------------------------------
-    def _anatomy(self, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
-        """A padded ``(1, 4, *S)`` tissue probability stack with new anatomy."""
+    def _anatomy(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A padded ``(1, 4, *S)`` tissue probability stack with new anatomy, and the source's real
+        images (:func:`source_images`, ``(1, 1, *S)`` each) moved by the same field when
+        ``p_real_image`` > 0 (else an empty dict)."""
         sources = source_anatomies(self.spacing)
-        maps = torch.from_numpy(sources[int(rng.integers(len(sources)))].copy())
+        index = int(rng.integers(len(sources)))
+        maps = torch.from_numpy(sources[index].copy())
+        names: list[str] = []
+        if self.p_real > 0:
+            images = source_images(self.spacing)[index]
+            names = sorted(images)
+            maps = torch.cat([maps, torch.from_numpy(np.stack([images[k] for k in names]))])
         if self.dims == 2:
             brain = maps[:3].sum(dim=(0, 1, 2))
             centre = int(torch.argmax(brain))
@@ -171,7 +210,8 @@ class SynthPairGenerator:
         velocity = (self.velocity_vox / 2.0) * _smooth_noise(gen, self.dims, half, self.velocity_spacing_vox / 2.0)
         mode = "bilinear" if self.dims == 2 else "trilinear"
         ddf = 2.0 * F.interpolate(self.integrate(velocity), size=tuple(maps.shape[2:]), mode=mode, align_corners=True)
-        return self.warp(maps, ddf).clamp(0.0, 1.0)
+        maps = self.warp(maps, ddf).clamp(0.0, 1.0)
+        return maps[:, : len(TISSUES)], {k: maps[:, len(TISSUES) + i : len(TISSUES) + i + 1] for i, k in enumerate(names)}
 
     # -- contrast -----------------------------------------------------------------------------
     def _tissue_intensities(self, rng: np.random.Generator, t1_weighted: bool) -> np.ndarray:
@@ -198,6 +238,10 @@ class SynthPairGenerator:
         mu = torch.as_tensor(intensities, dtype=maps.dtype).view(1, -1, *([1] * self.dims))
         total = maps.sum(dim=1, keepdim=True)
         img = (maps * mu).sum(dim=1, keepdim=True) / total.clamp(min=1.0)  # overlapping maps renormalised
+        return self._degrade(img, rng, gen)
+
+    def _degrade(self, img: torch.Tensor, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        """``img`` ``(1, 1, *S)`` with random blur, bias field, gamma and noise, in [0, 1]."""
         sigma = float(rng.uniform(0.0, self.max_blur))
         if sigma > 0.1:
             img = GaussianFilter(self.dims, sigma)(img)
@@ -225,6 +269,28 @@ class SynthPairGenerator:
             u = -self.warp_border(ddf, u)
         return u
 
+    def _real(self, images: dict[str, torch.Tensor], maps: torch.Tensor, kind: str, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        """The real ``kind`` image of the anatomy, skull-stripped with probability ``p_skull_strip``, degraded."""
+        img = images[kind]
+        if self.p_skull_strip > 0 and rng.random() < self.p_skull_strip:
+            img = img * (maps[:, :3].sum(dim=1, keepdim=True) >= 0.5)
+        return self._degrade(img, rng, gen)
+
+    def _images(self, maps: torch.Tensor, images: dict[str, torch.Tensor], rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fixed, moving)`` of the anatomy: rendered from the tissue maps, or, with probability
+        ``p_real_image``, a real T1 as the fixed image and, half the time, a real image of a random
+        contrast of the source as the moving one (else a rendered contrast)."""
+        if images and rng.random() < self.p_real:
+            fixed = self._real(images, maps, "t1", rng, gen)
+            if rng.random() < 0.5:
+                moving = self._real(images, maps, str(rng.choice(sorted(images))), rng, gen)
+            else:
+                moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
+            return fixed, moving
+        fixed = self._render(maps, self._strip(self._tissue_intensities(rng, rng.random() < self.p_fixed_t1), rng), rng, gen)
+        moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
+        return fixed, moving
+
     def _strip(self, intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``intensities`` with the head tissue black with probability ``p_skull_strip``."""
         if self.p_skull_strip > 0 and rng.random() < self.p_skull_strip:
@@ -242,9 +308,8 @@ class SynthPairGenerator:
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.no_grad():
-            maps = self._anatomy(rng, gen)
-            fixed = self._render(maps, self._strip(self._tissue_intensities(rng, rng.random() < self.p_fixed_t1), rng), rng, gen)
-            moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
+            maps, images = self._anatomy(rng, gen)
+            fixed, moving = self._images(maps, images, rng, gen)
             brain = maps[:, :3]
             label = (brain.argmax(dim=1, keepdim=True) + 1).float()
             label[brain.sum(dim=1, keepdim=True) < 0.5] = 0

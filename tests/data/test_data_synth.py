@@ -134,3 +134,45 @@ def test_skull_stripping_blackens_the_head_of_each_image_independently():
 def test_skull_strip_probability_zero_keeps_earlier_pairs_bitwise():
     a, b = SynthPairGenerator(spatial_dims=2, spacing_mm=4.0)(3), SynthPairGenerator(spatial_dims=2, spacing_mm=4.0, p_skull_strip=0.0)(3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _padded(volume: np.ndarray, divisor: int = 8) -> torch.Tensor:
+    pads = [((-s) % divisor) // 2 for s in volume.shape]
+    out = torch.zeros(*[s + (-s) % divisor for s in volume.shape])
+    out[tuple(slice(p, p + s) for p, s in zip(pads, volume.shape))] = torch.from_numpy(np.array(volume))
+    return out
+
+
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    mask = b > 0.05
+    return float(spearmanr(a[mask].numpy(), b[mask].numpy())[0])
+
+
+def test_real_image_pairs_show_the_sources_real_images():
+    """With p_real_image 1 (no anatomy change, motion or degradation) the fixed image is always a real T1 of
+    a source (up to the monotonic gamma); the moving one is a real image of the source or a rendered contrast."""
+    from bundle.data.synth import source_images
+
+    gen = SynthPairGenerator(
+        spatial_dims=3, spacing_mm=4.0, size_divisor=8, anatomy_velocity_mm=0.0, max_blur_vox=0.0, max_bias=0.0, max_noise=0.0,
+        p_real_image=1.0, **STILL,
+    )
+    reals = [(name, _padded(image)) for source in source_images(4.0) for name, image in source.items()]
+    assert sorted(name for name, _ in reals) == ["pd", "t1", "t1", "t2"]  # SPM's three contrasts, MNI152's T1
+    moving_kinds = set()
+    for seed in range(10):
+        pair = gen(seed)
+        fixed_best = max((_rank_correlation(pair["fixed"][0], img), name) for name, img in reals)
+        assert fixed_best[1] == "t1" and fixed_best[0] > 0.99
+        moving_best = max(_rank_correlation(pair["moving"][0], img) for _, img in reals)
+        moving_kinds.add("real" if moving_best > 0.99 else "rendered")
+    assert moving_kinds == {"real", "rendered"}
+
+
+def test_real_image_probability_zero_keeps_earlier_pairs_bitwise_and_is_checked():
+    a, b = SynthPairGenerator(spatial_dims=2, spacing_mm=4.0)(5), SynthPairGenerator(spatial_dims=2, spacing_mm=4.0, p_real_image=0.0)(5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="p_real_image"):
+        SynthPairGenerator(p_real_image=1.5)
