@@ -25,6 +25,10 @@ rather than registration. Here every pair has its own anatomy and its own two co
    moved by the same new anatomy and degraded the same way. Rendered images alone leave a
    domain gap: a network trained on them alone finds the affine of rendered pairs to 1.8 mm
    but that of a real T1 against itself (moved) only to about 5 mm.
+6. **Field of view**: with probability ``p_field_of_view`` an image covers less than the grid
+   (a black slab at some faces), or, for the moving image, shows the streaks of a resliced
+   scan (its edge values replicated outwards, then moved). Rendered pairs never end inside
+   the grid otherwise, and evaluation pairs resampled with edge replication do.
 
 Everything runs in torch on the training grid (~0.2 s per 3D pair at 2 mm on one core) and is
 seeded: item ``i`` of draw ``k`` of a :class:`SynthPairDataset` is always the same pair, and each
@@ -144,6 +148,9 @@ class SynthPairGenerator:
         p_real_image: probability that a pair is made of the source's real images
             (:func:`source_images`) moved by the new anatomy instead of rendered ones (0 draws
             nothing, as above).
+        p_field_of_view, max_field_of_view_cut: probability that an image, independently of the
+            other, covers less than the grid: each face, with probability 1/2, loses a slab of up
+            to ``max_field_of_view_cut`` of the extent (see :meth:`_field_of_view`; 0 draws nothing).
     """
 
     def __init__(
@@ -162,6 +169,8 @@ class SynthPairGenerator:
         max_noise: float = 0.04,
         p_skull_strip: float = 0.0,
         p_real_image: float = 0.0,
+        p_field_of_view: float = 0.0,
+        max_field_of_view_cut: float = 0.15,
     ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -177,6 +186,9 @@ class SynthPairGenerator:
         if not 0.0 <= p_real_image <= 1.0:
             raise ValueError(f"p_real_image must be in [0, 1], got {p_real_image}")
         self.p_real = float(p_real_image)
+        if not 0.0 <= p_field_of_view <= 1.0:
+            raise ValueError(f"p_field_of_view must be in [0, 1], got {p_field_of_view}")
+        self.p_fov, self.max_fov_cut = float(p_field_of_view), float(max_field_of_view_cut)
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.warp_nearest = Warp(mode="nearest", padding_mode="zeros")
@@ -291,6 +303,28 @@ class SynthPairGenerator:
         moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
         return fixed, moving
 
+    def _field_of_view(self, img: torch.Tensor, rng: np.random.Generator, resliced: bool) -> torch.Tensor:
+        """``img`` ``(1, 1, *S)`` seen through a smaller field of view, with probability ``p_field_of_view``.
+
+        Scans differ in coverage: outside a random box the fixed image is black. The moving image
+        is resampled by the motion afterwards, so half the time its box's faces are extended
+        outwards instead (edge replication, the streaks that a resliced scan shows where it was
+        sampled beyond its own field of view, as ``mode="nearest"`` resampling gives).
+        """
+        if not self.p_fov or rng.random() >= self.p_fov:
+            return img
+        size = img.shape[2:]
+        lo = [int(rng.random() < 0.5) * int(rng.uniform(0.0, self.max_fov_cut) * s) for s in size]
+        hi = [s - int(rng.random() < 0.5) * int(rng.uniform(0.0, self.max_fov_cut) * s) for s in size]
+        if resliced and rng.random() < 0.5:
+            for axis, (a, b) in enumerate(zip(lo, hi)):
+                index = torch.arange(size[axis]).clamp(a, b - 1)
+                img = img.index_select(2 + axis, index)
+            return img
+        box = torch.zeros_like(img, dtype=torch.bool)
+        box[(..., *[slice(a, b) for a, b in zip(lo, hi)])] = True
+        return img * box
+
     def _strip(self, intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``intensities`` with the head tissue black with probability ``p_skull_strip``."""
         if self.p_skull_strip > 0 and rng.random() < self.p_skull_strip:
@@ -310,6 +344,8 @@ class SynthPairGenerator:
         with torch.no_grad():
             maps, images = self._anatomy(rng, gen)
             fixed, moving = self._images(maps, images, rng, gen)
+            if self.p_fov:
+                fixed, moving = self._field_of_view(fixed, rng, False), self._field_of_view(moving, rng, True)
             brain = maps[:, :3]
             label = (brain.argmax(dim=1, keepdim=True) + 1).float()
             label[brain.sum(dim=1, keepdim=True) < 0.5] = 0

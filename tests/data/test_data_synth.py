@@ -176,3 +176,25 @@ def test_real_image_probability_zero_keeps_earlier_pairs_bitwise_and_is_checked(
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="p_real_image"):
         SynthPairGenerator(p_real_image=1.5)
+
+
+def test_field_of_view_cuts_images_or_replicates_the_moving_images_edges():
+    """With p_field_of_view 1 (no motion) an image loses slabs at some faces (black), or the moving image's
+    cut faces are extended outwards (replicated slices); 0 keeps earlier pairs bitwise."""
+    kw = dict(spatial_dims=3, spacing_mm=4.0, size_divisor=8, max_blur_vox=0.0, max_bias=0.0, max_noise=0.0, **STILL)
+    plain, cut = SynthPairGenerator(**kw), SynthPairGenerator(p_field_of_view=1.0, max_field_of_view_cut=0.3, **kw)
+    black, replicated = 0, 0
+    for seed in range(8):
+        a, b = plain(seed), cut(seed)
+        lost = (a["fixed"] > 0.05) & (b["fixed"] == 0)
+        black += bool(lost.any())
+        assert torch.equal(b["fixed"][~lost & (b["fixed"] > 0)], a["fixed"][~lost & (b["fixed"] > 0)])  # kept voxels unchanged
+        m = b["moving"][0]
+        for axis in range(3):
+            for first, second in ((m.select(axis, 0), m.select(axis, 1)), (m.select(axis, -1), m.select(axis, -2))):
+                replicated += bool(torch.allclose(first, second, atol=1e-4) and float(first.max()) > 0.05)
+    assert black >= 4
+    assert replicated >= 1
+    assert all(torch.equal(x, y) for x, y in zip(plain(3).values(), SynthPairGenerator(p_field_of_view=0.0, **kw)(3).values()))
+    with pytest.raises(ValueError, match="p_field_of_view"):
+        SynthPairGenerator(p_field_of_view=-0.1)
