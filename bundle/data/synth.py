@@ -29,6 +29,9 @@ rather than registration. Here every pair has its own anatomy and its own two co
    (a black slab at some faces), or, for the moving image, shows the streaks of a resliced
    scan (its edge values replicated outwards, then moved). Rendered pairs never end inside
    the grid otherwise, and evaluation pairs resampled with edge replication do.
+7. **Aligned pairs**: with probability ``p_still`` nothing moves (and nothing is resampled), as
+   for two contrasts of one session: otherwise every moving image is interpolated and moved,
+   and a network learns no answer for the pair that needs none.
 
 Everything runs in torch on the training grid (~0.2 s per 3D pair at 2 mm on one core) and is
 seeded: item ``i`` of draw ``k`` of a :class:`SynthPairDataset` is always the same pair, and each
@@ -151,6 +154,8 @@ class SynthPairGenerator:
         p_field_of_view, max_field_of_view_cut: probability that an image, independently of the
             other, covers less than the grid: each face, with probability 1/2, loses a slab of up
             to ``max_field_of_view_cut`` of the extent (see :meth:`_field_of_view`; 0 draws nothing).
+        p_still: probability of an aligned pair (no motion, the moving image not resampled, a zero
+            ``gt_ddf``), as two contrasts of one session are; 0 draws nothing.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class SynthPairGenerator:
         p_real_image: float = 0.0,
         p_field_of_view: float = 0.0,
         max_field_of_view_cut: float = 0.15,
+        p_still: float = 0.0,
     ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -189,6 +195,9 @@ class SynthPairGenerator:
         if not 0.0 <= p_field_of_view <= 1.0:
             raise ValueError(f"p_field_of_view must be in [0, 1], got {p_field_of_view}")
         self.p_fov, self.max_fov_cut = float(p_field_of_view), float(max_field_of_view_cut)
+        if not 0.0 <= p_still <= 1.0:
+            raise ValueError(f"p_still must be in [0, 1], got {p_still}")
+        self.p_still = float(p_still)
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.warp_nearest = Warp(mode="nearest", padding_mode="zeros")
@@ -349,6 +358,9 @@ class SynthPairGenerator:
             brain = maps[:, :3]
             label = (brain.argmax(dim=1, keepdim=True) + 1).float()
             label[brain.sum(dim=1, keepdim=True) < 0.5] = 0
+            if self.p_still and rng.random() < self.p_still:  # an aligned pair: nothing moved, nothing resampled
+                return {"fixed": fixed[0], "moving": moving[0], "fixed_label": label[0], "moving_label": label[0].clone(),
+                        "gt_ddf": torch.zeros(self.dims, *maps.shape[2:])}
             ddf = self._motion(rng, maps.shape[2:])
             moving = self.warp(moving, ddf).clamp(0.0, 1.0)
             moving_label = self.warp_nearest(label, ddf)

@@ -198,3 +198,14 @@ def test_field_of_view_cuts_images_or_replicates_the_moving_images_edges():
     assert all(torch.equal(x, y) for x, y in zip(plain(3).values(), SynthPairGenerator(p_field_of_view=0.0, **kw)(3).values()))
     with pytest.raises(ValueError, match="p_field_of_view"):
         SynthPairGenerator(p_field_of_view=-0.1)
+
+
+def test_still_pairs_are_aligned_and_not_resampled():
+    kw = dict(spatial_dims=3, spacing_mm=4.0, size_divisor=8)
+    still, moved = SynthPairGenerator(p_still=1.0, **kw)(2), SynthPairGenerator(**kw)(2)
+    assert float(still["gt_ddf"].abs().max()) == 0.0 and torch.equal(still["fixed_label"], still["moving_label"])
+    assert float(moved["gt_ddf"].abs().mean()) > 1.0  # the same seed moves the image otherwise
+    assert torch.equal(still["fixed"], moved["fixed"])  # the draws before the motion are the same
+    assert all(torch.equal(a, b) for a, b in zip(moved.values(), SynthPairGenerator(p_still=0.0, **kw)(2).values()))
+    with pytest.raises(ValueError, match="p_still"):
+        SynthPairGenerator(p_still=2.0)
