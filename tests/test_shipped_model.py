@@ -71,8 +71,8 @@ def test_network_alone_recovers_a_10_degree_rotation_and_a_6_mm_shift_within_one
 
 
 def test_network_alone_invents_little_motion_on_an_aligned_pair(registrar, templates):
-    """Aligned T2/T1 templates: measured 0.58 voxel after the affine stage, 0.53 after the deformable
-    stage (0.63 before the 2026-12-07 training, 1.15 before the first deformable fine-tune)."""
+    """Aligned T2/T1 templates: measured 0.42 voxel after the affine stage, 0.35 after the deformable
+    stage (0.53 before the 2026-12-07 night affine head, 0.63 before the 2026-12-07 training)."""
     t1, aff = np.asarray(templates.t1), templates.affine
     res = registrar.register_arrays(t1, aff, np.asarray(templates.t2), aff)
     invented = np.linalg.norm(res["ddf_voxel"], axis=0)[templates.brain_mask].mean()
@@ -108,14 +108,14 @@ def _inverse_consistency(registrar):
 
 
 def test_directions_are_inverse_consistent(registrar):
-    """The two directions compose to far less than the motion itself (measured: 0.94 vs 8.8 voxels RMS)."""
+    """The two directions compose to far less than the motion itself (measured: 0.90 vs 9.0 voxels RMS)."""
     rms, motion = _inverse_consistency(registrar)
     assert motion > 1.0 and rms < 0.5 * motion, (rms, motion)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="shipped model under-trained: inverse-consistency residual 0.94 voxel RMS for 8.8 voxels of motion (1.08 before the 2026-12-07 training)",
+    reason="shipped model under-trained: inverse-consistency residual 0.90 voxel RMS for 9.0 voxels of motion (0.94 before the night affine head)",
 )
 def test_directions_are_inverse_consistent_within_half_a_voxel(registrar):
     rms, _ = _inverse_consistency(registrar)
