@@ -194,6 +194,8 @@ class SynthPairGenerator:
         self.p_real = float(p_real_image)
         if not 0.0 <= p_field_of_view <= 1.0:
             raise ValueError(f"p_field_of_view must be in [0, 1], got {p_field_of_view}")
+        if not 0.0 <= max_field_of_view_cut < 0.5:
+            raise ValueError(f"max_field_of_view_cut must be in [0, 0.5) (a slab at each face), got {max_field_of_view_cut}")
         self.p_fov, self.max_fov_cut = float(p_field_of_view), float(max_field_of_view_cut)
         if not 0.0 <= p_still <= 1.0:
             raise ValueError(f"p_still must be in [0, 1], got {p_still}")

@@ -198,6 +198,8 @@ def test_field_of_view_cuts_images_or_replicates_the_moving_images_edges():
     assert all(torch.equal(x, y) for x, y in zip(plain(3).values(), SynthPairGenerator(p_field_of_view=0.0, **kw)(3).values()))
     with pytest.raises(ValueError, match="p_field_of_view"):
         SynthPairGenerator(p_field_of_view=-0.1)
+    with pytest.raises(ValueError, match="max_field_of_view_cut"):
+        SynthPairGenerator(p_field_of_view=0.5, max_field_of_view_cut=0.5)
 
 
 def test_still_pairs_are_aligned_and_not_resampled():
