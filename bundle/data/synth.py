@@ -355,8 +355,7 @@ class SynthPairGenerator:
         with torch.no_grad():
             maps, images = self._anatomy(rng, gen)
             fixed, moving = self._images(maps, images, rng, gen)
-            if self.p_fov:
-                fixed, moving = self._field_of_view(fixed, rng, False), self._field_of_view(moving, rng, True)
+            fixed, moving = self._field_of_view(fixed, rng, False), self._field_of_view(moving, rng, True)
             brain = maps[:, :3]
             label = (brain.argmax(dim=1, keepdim=True) + 1).float()
             label[brain.sum(dim=1, keepdim=True) < 0.5] = 0
