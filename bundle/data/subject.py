@@ -33,27 +33,12 @@ from .labels import LABELS, tissue_labels
 from .pairs import generate_pair, write_pair
 from .synth import HEAD_TISSUE_RANGE
 from .templates import load_spm_single_subject, source_volumes
+from .tissue_mixture import head_probability, tissue_posteriors
 
 __all__ = ["SUBJECT_SEED_BASE", "subject_volumes", "write_subject_data", "save_segmentation_figure", "main"]
 
 #: Pair seeds of the subject set: far from every seed of the template splits.
 SUBJECT_SEED_BASE = 900_000_000
-
-
-def _segment(t1: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Three-class Gaussian mixture of T1 intensities inside ``mask``: CSF, grey, white posteriors."""
-    from sklearn.mixture import GaussianMixture
-
-    values = t1[mask].reshape(-1, 1).astype(np.float64)
-    gmm = GaussianMixture(n_components=3, random_state=seed, init_params="kmeans").fit(values)
-    order = np.argsort(gmm.means_.ravel())
-    posteriors = gmm.predict_proba(values)[:, order]
-    maps = {}
-    for name, column in zip(("csf", "grey", "white"), posteriors.T):
-        full = np.zeros(t1.shape, dtype=np.float32)
-        full[mask] = column
-        maps[name] = full
-    return maps
 
 
 def _render(maps: dict[str, np.ndarray], head: np.ndarray, kind: str) -> np.ndarray:
@@ -84,8 +69,8 @@ def subject_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.
         raise ValueError("single_subj_T1 and the SPM templates are not on one grid")
     brain = (priors["csf"] + priors["grey"] + priors["white"]) >= 0.5
     mask = ndimage.binary_erosion(brain) & (t1 > 0.05)
-    maps = _segment(t1, mask)
-    head = np.clip(ndimage.gaussian_filter((t1 > 0.15).astype(np.float32), 1.0) - mask, 0.0, 1.0)
+    maps = tissue_posteriors(t1, mask)
+    head = head_probability(t1, mask, 0.15)
     volumes = {"t1": t1.astype(np.float32), **maps, "t2": _render(maps, head, "t2"), "pd": _render(maps, head, "pd")}
     volumes["labels"] = tissue_labels(maps)
     for v in volumes.values():

@@ -25,6 +25,11 @@ rather than registration. Here every pair has its own anatomy and its own two co
    moved by the same new anatomy and degraded the same way. Rendered images alone leave a
    domain gap: a network trained on them alone finds the affine of rendered pairs to 1.8 mm
    but that of a real T1 against itself (moved) only to about 5 mm.
+   With probability ``p_posterior_render`` a rendered moving image of such a pair is rendered
+   from the real T1's own segmentation (:func:`source_posteriors`), so that its tissue
+   boundaries are the fixed T1's: rendered from the population priors, they are not, and a
+   network trained so learns a contrast-dependent offset (the subject's T2/PD-like images,
+   rendered from its own T1's segmentation, came out stretched by 2-5 % along y and z).
 6. **Field of view**: with probability ``p_field_of_view`` an image covers less than the grid
    (a black slab at some faces), or, for the moving image, shows the streaks of a resliced
    scan (its edge values replicated outwards, then moved). Rendered pairs never end inside
@@ -55,20 +60,15 @@ from ..resample import grid_world_points, sample_at_world
 from .contrast import SEQUENCES, TISSUE_PARAMETERS_1P5T, TissueParameters, signal_equation
 from .deform import MotionRange, compose_affine_ddf
 from .templates import source_volumes
+from .tissue_mixture import head_probability, tissue_posteriors
 
-__all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "source_images", "SynthPairGenerator", "SynthPairDataset"]
+__all__ = ["TISSUES", "HEAD_TISSUE_RANGE", "source_anatomies", "source_images", "source_posteriors", "SynthPairGenerator", "SynthPairDataset"]
 
 #: Channels of a source anatomy; label values are the channel index + 1 for the brain tissues.
 TISSUES = ("csf", "grey", "white", "head")
 
 #: Non-brain head tissue (scalp, fat, muscle, marrow) at 1.5 T: drawn between fat and muscle.
 HEAD_TISSUE_RANGE = (TissueParameters(t1_ms=350.0, t2_ms=70.0, pd=1.0), TissueParameters(t1_ms=900.0, t2_ms=47.0, pd=0.8))
-
-
-def _head_map(t1: np.ndarray, brain: np.ndarray, threshold: float) -> np.ndarray:
-    """Probability of non-brain head tissue: bright T1 voxels outside the brain, smoothed."""
-    head = ndimage.gaussian_filter((t1 > threshold).astype(np.float32), 1.0)
-    return np.clip(head - brain, 0.0, 1.0)
 
 
 def _mni152_on(affine: np.ndarray, shape: Sequence[int]) -> dict[str, np.ndarray]:
@@ -91,7 +91,7 @@ def source_anatomies(spacing_mm: float = 2.0) -> tuple[np.ndarray, ...]:
     """
     volumes, affine = source_volumes(float(spacing_mm))
     brain = np.clip(volumes["csf"] + volumes["grey"] + volumes["white"], 0.0, 1.0)
-    spm = np.stack([volumes["csf"], volumes["grey"], volumes["white"], _head_map(volumes["t1"], brain, 0.15)])
+    spm = np.stack([volumes["csf"], volumes["grey"], volumes["white"], head_probability(volumes["t1"], brain, 0.15)])
     anatomies = [spm.astype(np.float32)]
     try:
         mni = _mni152_on(affine, volumes["t1"].shape)
@@ -119,6 +119,28 @@ def source_images(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], ...]:
         return tuple(images)
     images.append({"t1": np.clip(mni["t1"], 0.0, 1.0).astype(np.float32)})
     return tuple(images)
+
+
+@functools.lru_cache(maxsize=4)
+def source_posteriors(spacing_mm: float = 2.0) -> tuple[np.ndarray, ...]:
+    """Tissue stacks ``(4, X, Y, Z)`` (:data:`TISSUES`) segmented from each source's real T1
+    (:func:`source_images`), same order and grid as :func:`source_anatomies`.
+
+    CSF, grey and white are the posteriors of a three-class mixture of the T1 intensities inside
+    the source's brain (its maps summing to at least 0.5, eroded by one voxel, where the T1 is
+    above 0.05); the head tissue, where the source has any, is the bright T1 outside it
+    (:mod:`bundle.data.tissue_mixture`). Contrasts rendered from them have the real T1's tissue
+    boundaries, which the smooth population priors of :func:`source_anatomies` lack.
+    """
+    anatomies, images = source_anatomies(float(spacing_mm)), source_images(float(spacing_mm))
+    stacks = []
+    for anatomy, real in zip(anatomies, images):
+        t1 = real["t1"]
+        brain = ndimage.binary_erosion(anatomy[:3].sum(axis=0) >= 0.5) & (t1 > 0.05)
+        maps = tissue_posteriors(t1, brain)
+        head = head_probability(t1, brain, 0.15) if anatomy[3].any() else np.zeros_like(t1)
+        stacks.append(np.stack([maps["csf"], maps["grey"], maps["white"], head]).astype(np.float32))
+    return tuple(stacks)
 
 
 def _smooth_noise(gen: torch.Generator, channels: int, shape: Sequence[int], spacing_vox: float) -> torch.Tensor:
@@ -156,6 +178,9 @@ class SynthPairGenerator:
             to ``max_field_of_view_cut`` of the extent (see :meth:`_field_of_view`; 0 draws nothing).
         p_still: probability of an aligned pair (no motion, the moving image not resampled, a zero
             ``gt_ddf``), as two contrasts of one session are; 0 draws nothing.
+        p_posterior_render: probability that the rendered moving image of a real-image pair is
+            rendered from the real T1's own segmentation (:func:`source_posteriors`) instead of the
+            population priors, so that it shares the fixed T1's tissue boundaries (0 draws nothing).
     """
 
     def __init__(
@@ -177,6 +202,7 @@ class SynthPairGenerator:
         p_field_of_view: float = 0.0,
         max_field_of_view_cut: float = 0.15,
         p_still: float = 0.0,
+        p_posterior_render: float = 0.0,
     ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -200,16 +226,20 @@ class SynthPairGenerator:
         if not 0.0 <= p_still <= 1.0:
             raise ValueError(f"p_still must be in [0, 1], got {p_still}")
         self.p_still = float(p_still)
+        if not 0.0 <= p_posterior_render <= 1.0:
+            raise ValueError(f"p_posterior_render must be in [0, 1], got {p_posterior_render}")
+        self.p_posterior = float(p_posterior_render) if self.p_real > 0 else 0.0
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
         self.warp = Warp(mode="bilinear", padding_mode="zeros")
         self.warp_nearest = Warp(mode="nearest", padding_mode="zeros")
         self.warp_border = Warp(mode="bilinear", padding_mode="border")
 
     # -- anatomy ------------------------------------------------------------------------------
-    def _anatomy(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A padded ``(1, 4, *S)`` tissue probability stack with new anatomy, and the source's real
+    def _anatomy(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """A padded ``(1, 4, *S)`` tissue probability stack with new anatomy; the source's real
         images (:func:`source_images`, ``(1, 1, *S)`` each) moved by the same field when
-        ``p_real_image`` > 0 (else an empty dict)."""
+        ``p_real_image`` > 0 (else an empty dict); its real T1's tissue stack
+        (:func:`source_posteriors`, ``(1, 4, *S)``) moved by it when ``p_posterior_render`` > 0 (else None)."""
         sources = source_anatomies(self.spacing)
         index = int(rng.integers(len(sources)))
         maps = torch.from_numpy(sources[index].copy())
@@ -218,6 +248,8 @@ class SynthPairGenerator:
             images = source_images(self.spacing)[index]
             names = sorted(images)
             maps = torch.cat([maps, torch.from_numpy(np.stack([images[k] for k in names]))])
+        if self.p_posterior > 0:
+            maps = torch.cat([maps, torch.from_numpy(source_posteriors(self.spacing)[index].copy())])
         if self.dims == 2:
             brain = maps[:3].sum(dim=(0, 1, 2))
             centre = int(torch.argmax(brain))
@@ -234,7 +266,9 @@ class SynthPairGenerator:
         mode = "bilinear" if self.dims == 2 else "trilinear"
         ddf = 2.0 * F.interpolate(self.integrate(velocity), size=tuple(maps.shape[2:]), mode=mode, align_corners=True)
         maps = self.warp(maps, ddf).clamp(0.0, 1.0)
-        return maps[:, : len(TISSUES)], {k: maps[:, len(TISSUES) + i : len(TISSUES) + i + 1] for i, k in enumerate(names)}
+        real = {k: maps[:, len(TISSUES) + i : len(TISSUES) + i + 1] for i, k in enumerate(names)}
+        posteriors = maps[:, len(TISSUES) + len(names) :] if self.p_posterior > 0 else None
+        return maps[:, : len(TISSUES)], real, posteriors
 
     # -- contrast -----------------------------------------------------------------------------
     def _tissue_intensities(self, rng: np.random.Generator, t1_weighted: bool) -> np.ndarray:
@@ -299,16 +333,20 @@ class SynthPairGenerator:
             img = img * (maps[:, :3].sum(dim=1, keepdim=True) >= 0.5)
         return self._degrade(img, rng, gen)
 
-    def _images(self, maps: torch.Tensor, images: dict[str, torch.Tensor], rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _images(
+        self, maps: torch.Tensor, images: dict[str, torch.Tensor], posteriors: torch.Tensor | None, rng: np.random.Generator, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fixed, moving)`` of the anatomy: rendered from the tissue maps, or, with probability
         ``p_real_image``, a real T1 as the fixed image and, half the time, a real image of a random
-        contrast of the source as the moving one (else a rendered contrast)."""
+        contrast of the source as the moving one (else a contrast rendered from the tissue maps or,
+        with probability ``p_posterior_render``, from the real T1's ``posteriors``)."""
         if images and rng.random() < self.p_real:
             fixed = self._real(images, maps, "t1", rng, gen)
             if rng.random() < 0.5:
                 moving = self._real(images, maps, str(rng.choice(sorted(images))), rng, gen)
             else:
-                moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
+                use_posteriors = posteriors is not None and rng.random() < self.p_posterior
+                moving = self._render(posteriors if use_posteriors else maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
             return fixed, moving
         fixed = self._render(maps, self._strip(self._tissue_intensities(rng, rng.random() < self.p_fixed_t1), rng), rng, gen)
         moving = self._render(maps, self._strip(self._tissue_intensities(rng, False), rng), rng, gen)
@@ -353,8 +391,8 @@ class SynthPairGenerator:
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.no_grad():
-            maps, images = self._anatomy(rng, gen)
-            fixed, moving = self._images(maps, images, rng, gen)
+            maps, images, posteriors = self._anatomy(rng, gen)
+            fixed, moving = self._images(maps, images, posteriors, rng, gen)
             fixed, moving = self._field_of_view(fixed, rng, False), self._field_of_view(moving, rng, True)
             brain = maps[:, :3]
             label = (brain.argmax(dim=1, keepdim=True) + 1).float()

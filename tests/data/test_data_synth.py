@@ -211,3 +211,41 @@ def test_still_pairs_are_aligned_and_not_resampled():
     assert all(torch.equal(a, b) for a, b in zip(moved.values(), SynthPairGenerator(p_still=0.0, **kw)(2).values()))
     with pytest.raises(ValueError, match="p_still"):
         SynthPairGenerator(p_still=2.0)
+
+
+def test_posterior_render_follows_the_real_t1s_own_segmentation():
+    """With p_posterior_render 1 a rendered moving image of a real-image pair is a partial-volume image of
+    the real T1's own segmentation (source_posteriors): a per-tissue fit on those maps explains it (up to
+    the random gamma), a fit on the population priors does not; 0 keeps earlier pairs bitwise."""
+    from bundle.data.synth import source_posteriors
+
+    kw = dict(spatial_dims=3, spacing_mm=4.0, size_divisor=8, anatomy_velocity_mm=0.0, max_blur_vox=0.0, max_bias=0.0, max_noise=0.0, **STILL)
+    priors, posteriors = SynthPairGenerator(p_real_image=1.0, **kw), SynthPairGenerator(p_real_image=1.0, p_posterior_render=1.0, **kw)
+    for stack, anatomy in zip(source_posteriors(4.0), source_anatomies(4.0)):
+        assert stack.shape == anatomy.shape and np.all(stack >= 0) and np.all(stack.sum(axis=0) <= 1.0 + 1e-4)
+        assert 0.7 < stack[:3].sum() / anatomy[:3].sum() < 1.3  # the mixture segments about the prior's brain volume
+
+    def explained(image, stacks):  # best R^2 of a per-tissue linear fit over the sources
+        y = image.numpy().ravel()
+        scores = []
+        for stack in stacks:
+            x = np.stack([_padded(c).numpy().ravel() for c in stack] + [np.ones_like(y)], axis=1)
+            residual = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+            scores.append(1.0 - residual.var() / y.var())
+        return max(scores)
+
+    rendered = 0
+    for seed in range(16):
+        a, b = priors(seed), posteriors(seed)
+        assert torch.equal(a["fixed"], b["fixed"])  # same draws up to the moving image's tissue maps
+        if torch.equal(a["moving"], b["moving"]):  # a real moving image: nothing rendered
+            continue
+        rendered += 1
+        r2_posteriors, r2_priors = explained(b["moving"][0], source_posteriors(4.0)), explained(b["moving"][0], source_anatomies(4.0))
+        assert r2_posteriors > 0.98 and r2_priors < r2_posteriors - 0.03
+        assert explained(a["moving"][0], source_anatomies(4.0)) > 0.98  # without the option: rendered from the priors
+    assert rendered >= 3
+    plain, zero = SynthPairGenerator(p_real_image=0.5, **kw), SynthPairGenerator(p_real_image=0.5, p_posterior_render=0.0, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(plain(4).values(), zero(4).values()))
+    with pytest.raises(ValueError, match="p_posterior_render"):
+        SynthPairGenerator(p_posterior_render=1.5)
