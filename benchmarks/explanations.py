@@ -26,10 +26,12 @@ import torch
 from bundle.cli import BUNDLE_ROOT
 from bundle.data.datalist import read_datalist
 from bundle.data.sample import ensure_sample_datalist
-from bundle.explain.gradcam import explain_pair
+from bundle.explain.gradcam import explain_pair, stage_explainers
 from bundle.explain.localisation import default_box
+from bundle.explain.randomisation import randomisation_check
 from bundle.explain.refinement import refinement_sanity_report
 from bundle.explain.sanity import SanitySettings, sanity_report
+from bundle.io import atomic_write
 
 from .run import _registrar
 
@@ -47,6 +49,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--deletion_scalar", default="network", help="network or perturbed (SanitySettings.deletion_scalar)")
     parser.add_argument("--refinement", type=int, default=1, help="also check the refinement's maps (1) or not (0)")
     parser.add_argument("--network_checks", type=int, default=1, help="check the network's maps (1) or only the refinement's (0)")
+    parser.add_argument("--randomisation_figure", default=None, help="PNG: the trained and re-initialised maps of --figure_target on the first pair")
+    parser.add_argument("--figure_target", default="affine/shear_xy", help="stage/target drawn by --randomisation_figure")
     args = parser.parse_args(argv)
     settings = {"perturb": args.perturb, "deletion_scalar": args.deletion_scalar}
     if args.stages:  # names, or a JSON object of stage specs: '{"affine": {"layer": "affine_head.heatmap", "method": "gradient"}}'
@@ -72,6 +76,8 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         maps = explain_pair(net, m, f, spacing_mm=registrar.spacing_mm)
         t_explain = time.perf_counter() - t0
+        if args.randomisation_figure and not results:
+            randomisation_figure(args.randomisation_figure, net, m, f, args.figure_target, registrar.spacing_mm)
         sanity = SanitySettings(spacing_mm=registrar.spacing_mm, **settings)
         report = sanity_report(net, m, f, sanity) if args.network_checks else {"settings": sanity.as_json(default_box(f))}
         if args.refinement:
@@ -87,12 +93,44 @@ def main(argv=None) -> dict:
     return out
 
 
-#: Issue 15's bar for each check: a pair passes when its number meets it.
+#: Issue 15's bar for each check: a pair passes when its number meets it. Randomisation is scored
+#: both ways: ``rho < 0.3`` (the issue's bar: a map that survives re-initialisation correlates
+#: positively with the trained one) and ``|rho| < 0.3`` (stricter: anti-correlation fails too; the
+#: keypoint fit's parameters fail it because a re-initialised heat-map layer leaves a purely
+#: geometric map, high far from the centre, where the trained map sits on keypoints in the brain).
 BARS = {
-    "randomisation_spearman": ("|rho| < 0.3", lambda v: abs(v) < 0.3),
+    "randomisation_spearman": ("rho < 0.3", lambda v: v < 0.3),
+    "randomisation_abs_spearman": ("|rho| < 0.3", lambda v: v < 0.3),
     "deletion_ratio": (">= 2", lambda v: v >= 2.0),
     "localisation_ratio": (">= 2", lambda v: v >= 2.0),
 }
+
+
+def randomisation_figure(path, network, moving, fixed, stage_target: str, spacing_mm) -> dict:
+    """Draw the trained and the re-initialised (downstream) map of one ``stage/target`` over the fixed
+    image, axial and coronal slices through the image centre; return the check's numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stage, target = stage_target.split("/")
+    ((_, _, _, explainer),) = stage_explainers(network, [stage], {stage: [target]}, spacing_mm=spacing_mm)
+    check = randomisation_check(explainer, moving, fixed, return_maps=True)
+    volumes = [fixed[0, 0], check["attribution"][0, 0], check["randomised_attribution"][0, 0]]
+    volumes = [v.detach().cpu().numpy() for v in volumes]
+    cuts = (("axial", lambda a: a[:, :, a.shape[2] // 2].T), ("coronal", lambda a: a[:, a.shape[1] // 2, :].T))
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.6))
+    for row, (name, cut) in enumerate(cuts):
+        for col, (title, vol) in enumerate(zip(("fixed image", "trained network", "re-initialised downstream"), volumes)):
+            axes[row, col].imshow(cut(vol), origin="lower", cmap="gray" if col == 0 else "inferno")
+            axes[row, col].set_title(f"{title} ({name})", fontsize=9)
+            axes[row, col].axis("off")
+    fig.suptitle(f"Grad-CAM of {stage_target}: Spearman rho {check['spearman']:+.2f} between the two maps", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+    return {k: check[k] for k in ("spearman", "scope")}
 
 
 def _summary(results: list[dict]) -> dict:
@@ -112,6 +150,8 @@ def _summary(results: list[dict]) -> dict:
                 for k, v in vals.items():
                     if isinstance(v, (int, float)):
                         entry.setdefault(k, []).append(float(v))
+                if isinstance(vals.get("randomisation_spearman"), (int, float)):
+                    entry.setdefault("randomisation_abs_spearman", []).append(abs(float(vals["randomisation_spearman"])))
     table = {k: {m: float(np.nanmean(v)) for m, v in d.items()} for k, d in summary.items()}
     median = {k: {m: float(np.nanmedian(v)) for m, v in d.items()} for k, d in summary.items()}
     passing = {

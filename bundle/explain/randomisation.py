@@ -134,6 +134,7 @@ def randomisation_check(
     scope: str = "downstream",
     seed: int = 0,
     attribution: torch.Tensor | None = None,
+    return_maps: bool = False,
 ) -> dict:
     """Spearman correlation between the maps of the network and of a re-initialised copy.
 
@@ -144,10 +145,11 @@ def randomisation_check(
         scope: see :func:`randomised_copy`.
         seed: re-initialisation seed.
         attribution: the trained network's map if already computed.
+        return_maps: also return both maps (``attribution``, ``randomised_attribution``), e.g. to draw them.
 
     Returns:
         dict with ``spearman`` (mean over the batch, ignoring undefined ones), ``spearman_per_item``
-        and ``scope``.
+        and ``scope`` (and the maps with ``return_maps``).
     """
     if attribution is None:
         attribution = explainer.attribute(moving, fixed)
@@ -162,4 +164,7 @@ def randomisation_check(
     rand_attr = rand.attribute(moving, fixed)
     per_item = [spearman(a, b) for a, b in zip(attribution, rand_attr)]
     finite = [v for v in per_item if math.isfinite(v)]
-    return {"spearman": float(np.mean(finite)) if finite else float("nan"), "spearman_per_item": per_item, "scope": scope}
+    out = {"spearman": float(np.mean(finite)) if finite else float("nan"), "spearman_per_item": per_item, "scope": scope}
+    if return_maps:
+        out.update(attribution=attribution, randomised_attribution=rand_attr)
+    return out
