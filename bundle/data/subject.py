@@ -35,13 +35,13 @@ from .synth import HEAD_TISSUE_RANGE
 from .templates import load_spm_single_subject, source_volumes
 from .tissue_mixture import head_probability, tissue_posteriors
 
-__all__ = ["SUBJECT_SEED_BASE", "subject_volumes", "write_subject_data", "save_segmentation_figure", "main"]
+__all__ = ["SUBJECT_SEED_BASE", "render_tissues", "subject_volumes", "write_subject_data", "save_segmentation_figure", "main"]
 
 #: Pair seeds of the subject set: far from every seed of the template splits.
 SUBJECT_SEED_BASE = 900_000_000
 
 
-def _render(maps: dict[str, np.ndarray], head: np.ndarray, kind: str) -> np.ndarray:
+def render_tissues(maps: dict[str, np.ndarray], head: np.ndarray, kind: str) -> np.ndarray:
     """Signal-equation image of the brain tissues plus head tissue, normalised to [0, 1]."""
     seq = SEQUENCES[kind]
     fat, muscle = HEAD_TISSUE_RANGE
@@ -71,7 +71,7 @@ def subject_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.
     mask = ndimage.binary_erosion(brain) & (t1 > 0.05)
     maps = tissue_posteriors(t1, mask)
     head = head_probability(t1, mask, 0.15)
-    volumes = {"t1": t1.astype(np.float32), **maps, "t2": _render(maps, head, "t2"), "pd": _render(maps, head, "pd")}
+    volumes = {"t1": t1.astype(np.float32), **maps, "t2": render_tissues(maps, head, "t2"), "pd": render_tissues(maps, head, "pd")}
     volumes["labels"] = tissue_labels(maps)
     for v in volumes.values():
         v.flags.writeable = False
