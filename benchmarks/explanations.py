@@ -126,7 +126,8 @@ def randomisation_figure(path, network, moving, fixed, stage_target: str, spacin
             axes[row, col].imshow(cut(vol), origin="lower", cmap="gray" if col == 0 else "inferno")
             axes[row, col].set_title(f"{title} ({name})", fontsize=9)
             axes[row, col].axis("off")
-    fig.suptitle(f"Grad-CAM of {stage_target}: Spearman rho {check['spearman']:+.2f} between the two maps", fontsize=10)
+    title = f"{explainer.method} map of {stage_target} at {explainer.layer_name}"
+    fig.suptitle(f"{title}: Spearman rho {check['spearman']:+.2f} between the two maps", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
