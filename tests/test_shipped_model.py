@@ -115,7 +115,10 @@ def test_directions_are_inverse_consistent(registrar):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="deformable head under-trained: inverse-consistency residual 0.90 voxel RMS for 8.9 voxels of motion (affine stage alone 0.36); training the head alone with the inverse term reached 0.70 (model card, night II)",
+    reason=(
+        "deformable head under-trained: inverse-consistency residual 0.90 voxel RMS for 8.9 voxels of motion "
+        "(affine stage alone 0.36); training the head alone with the inverse term reached 0.70 (model card, night II)"
+    ),
 )
 def test_directions_are_inverse_consistent_within_half_a_voxel(registrar):
     rms, _ = _inverse_consistency(registrar)
