@@ -60,7 +60,7 @@ def null_scales(registrar) -> dict:
     """The affine stage on the subject's aligned images: invented motion (mm) and fitted scales."""
     v, affine = subject_volumes(2.0)
     maps = {k: v[k] for k in ("csf", "grey", "white")}
-    rendered_t1 = render_tissues(maps, _head(v), "t1")
+    rendered_t1 = render_tissues(maps, v["head"], "t1")
     brain = v["labels"] > 0
     cases = {
         "real T1 <- T2-like": (v["t1"], v["t2"]),
@@ -75,13 +75,6 @@ def null_scales(registrar) -> dict:
         m = _fit(_world(affine, brain), res["ddf_mm"][:, brain].T)
         out[name] = {"invented_mm": float(np.linalg.norm(res["ddf_mm"], axis=0)[brain].mean()), "scales": [float(s) for s in np.diag(m[:, :3])]}
     return out
-
-
-def _head(v: dict) -> np.ndarray:
-    """The subject's head tissue map, as its renderings use it."""
-    from bundle.data.tissue_mixture import head_probability
-
-    return head_probability(v["t1"], (v["csf"] + v["grey"] + v["white"]) > 0, 0.15)
 
 
 def deformable_response(registrar, shifts=(1, 2, 4)) -> dict:

@@ -56,7 +56,8 @@ def render_tissues(maps: dict[str, np.ndarray], head: np.ndarray, kind: str) -> 
 @functools.lru_cache(maxsize=4)
 def subject_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The subject as ``source_volumes`` gives the templates: ``t1`` (real), ``t2``/``pd`` (rendered),
-    ``csf``/``grey``/``white`` (mixture posteriors) and ``labels``, RAS at ``spacing_mm``.
+    ``csf``/``grey``/``white`` (mixture posteriors), ``head`` (the head tissue the renderings use)
+    and ``labels``, RAS at ``spacing_mm``.
 
     The brain mask is where SPM's avg152 brain priors sum to at least 0.5 (the subject is in
     the same MNI space), eroded by one voxel to keep scalp out of the mixture.
@@ -71,7 +72,7 @@ def subject_volumes(spacing_mm: float = 2.0) -> tuple[dict[str, np.ndarray], np.
     mask = ndimage.binary_erosion(brain) & (t1 > 0.05)
     maps = tissue_posteriors(t1, mask)
     head = head_probability(t1, mask, 0.15)
-    volumes = {"t1": t1.astype(np.float32), **maps, "t2": render_tissues(maps, head, "t2"), "pd": render_tissues(maps, head, "pd")}
+    volumes = {"t1": t1.astype(np.float32), **maps, "head": head, "t2": render_tissues(maps, head, "t2"), "pd": render_tissues(maps, head, "pd")}
     volumes["labels"] = tissue_labels(maps)
     for v in volumes.values():
         v.flags.writeable = False
