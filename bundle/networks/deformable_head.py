@@ -44,6 +44,8 @@ class DeformableHead(nn.Module):
         integrate: integrate a stationary velocity field (diffeomorphic) or predict the
             displacement directly.
         integration_steps: scaling-and-squaring steps.
+        decoder_channels: channels of each decoding block, coarsest first (default: the encoder's,
+            doubled); wider blocks see more of the pair's correspondence at the finer levels.
     """
 
     def __init__(
@@ -53,11 +55,12 @@ class DeformableHead(nn.Module):
         out_level: int = 1,
         integrate: bool = True,
         integration_steps: int = 7,
+        decoder_channels: Sequence[int] | None = None,
     ):
         super().__init__()
         self.spatial_dims = spatial_dims
         self.out_level = out_level
-        self.decoder = PyramidDecoder(spatial_dims, [2 * c for c in encoder_channels], out_level=out_level)
+        self.decoder = PyramidDecoder(spatial_dims, [2 * c for c in encoder_channels], out_level=out_level, decoder_channels=decoder_channels)
         self.output = Convolution(spatial_dims, self.decoder.out_channels, spatial_dims, conv_only=True)
         nn.init.normal_(self.output.conv.weight, std=1e-5)
         nn.init.zeros_(self.output.conv.bias)

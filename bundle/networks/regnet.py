@@ -90,6 +90,9 @@ class MultiModalRegNet(nn.Module):
         encoder_channels: channels per encoder level (finest first).
         affine_channels: hidden channels of the affine head.
         deformable_level: pyramid level of the deformable field (0 = full resolution).
+        deformable_channels: channels of the deformable head's decoding blocks, coarsest first,
+            one per level from the coarsest skip down to ``deformable_level`` (default: the
+            encoder's, doubled).
         integrate: predict a stationary velocity field integrated with MONAI ``DVF2DDF``.
         integration_steps: scaling-and-squaring steps.
         input_downsample: number of 2x average-poolings applied to the images before the
@@ -110,6 +113,7 @@ class MultiModalRegNet(nn.Module):
         encoder_channels: Sequence[int] = (8, 16, 32, 32),
         affine_channels: int = 64,
         deformable_level: int = 1,
+        deformable_channels: Sequence[int] | None = None,
         integrate: bool = True,
         integration_steps: int = 7,
         input_downsample: int = 0,
@@ -134,7 +138,9 @@ class MultiModalRegNet(nn.Module):
             self.affine_head = KeypointAffineHead(spatial_dims, in_channels, num_keypoints=num_keypoints)
         else:
             self.affine_head = AffineHead(spatial_dims, 2 * encoder_channels[-1], affine_channels)
-        self.deformable_head = DeformableHead(spatial_dims, encoder_channels, deformable_level, integrate, integration_steps)
+        self.deformable_head = DeformableHead(
+            spatial_dims, encoder_channels, deformable_level, integrate, integration_steps, decoder_channels=deformable_channels
+        )
         self.warp = Warp(mode="bilinear", padding_mode="border")
 
     @property
