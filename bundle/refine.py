@@ -122,8 +122,9 @@ class InstanceRefiner:
         affine_foreground, deformable_foreground: per stage, the ``"mi"`` and ``"mind"`` similarities
             are evaluated only where the fixed image (in [0, 1], pooled to the level) exceeds this
             intensity; 0 evaluates every voxel.
-        samples: voxels per level at which the ``"mi"`` and ``"mind"`` similarities are
-            evaluated (a fixed random subset of each level's foreground); 0 evaluates all of them.
+        samples: voxels at which the ``"mi"`` and ``"mind"`` similarities are evaluated (a fixed
+            random subset of the level's foreground), per level (an int: every level); 0 evaluates
+            all of them.
         velocity_upsample: refine the velocity on a grid this many times finer than the
             network's (its start resampled, vectors scaled); 1 keeps the network's grid, and a
             factor below 1 refines a coarser, smoother field (0.5: twice the spacing, the start
@@ -157,7 +158,7 @@ class InstanceRefiner:
         lncc_kernel: int = 5,
         affine_foreground: float = 0.1,
         deformable_foreground: float = 0.0,
-        samples: int = 0,
+        samples: int | Sequence[int] = 0,
         velocity_upsample: int = 1,
         multistart: bool = True,
         repredict_velocity: bool = False,
@@ -193,8 +194,8 @@ class InstanceRefiner:
         for value in (self.affine_foreground, self.deformable_foreground):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"foreground must be an intensity in [0, 1) (0: every voxel), got {value}")
-        self.samples = int(samples)
-        if self.samples < 0:
+        self.samples = [int(v) for v in _per_level(samples, len(self.levels), "samples")]
+        if any(v < 0 for v in self.samples):
             raise ValueError(f"samples must be >= 0 (0: every voxel), got {samples}")
         self.velocity_upsample = float(velocity_upsample)
         if not self.velocity_upsample > 0:
@@ -259,7 +260,7 @@ class InstanceRefiner:
         for k, ((src, _), s) in enumerate(zip(pyramid, self.levels)):
             size = tuple(src.shape[2:])
             mask = self.foreground_mask(name, _pool(fixed, s), threshold)
-            n = self.samples if self.samples and name in ("mi", "mind") and math.prod(size) > self.samples else None
+            n = self.samples[k] if self.samples[k] and name in ("mi", "mind") and math.prod(size) > self.samples[k] else None
             sampled = mask is not None or n is not None
             out.append(VoxelSample(size, n, seed=k, device=src.device, dtype=src.dtype, mask=mask) if sampled else None)
         return out
@@ -270,7 +271,8 @@ class InstanceRefiner:
             size = tuple(src.shape[2:])
             return lambda theta: loss_fn(self.warp(src, self._affine_ddf(theta, factor, size)), tgt)
         values = sampler.values(tgt)
-        return lambda theta: loss_fn(sampler.sample(src, sampler.affine_positions(theta_on_coarser_grid(theta, factor))), values)
+        against = loss_fn.against(values) if hasattr(loss_fn, "against") else lambda pred: loss_fn(pred, values)
+        return lambda theta: against(sampler.sample(src, sampler.affine_positions(theta_on_coarser_grid(theta, factor))))
 
     def _deformable_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None, theta, integrate):
         """``velocity -> loss`` of ``src`` warped by the velocity's map, then ``theta``, against ``tgt``."""
@@ -278,11 +280,11 @@ class InstanceRefiner:
             size, scaled = tuple(src.shape[2:]), theta_on_coarser_grid(theta, factor)
             ddf_aff = affine_to_ddf(scaled, size).detach()  # the affine is fixed in this stage: one field per level
             return lambda v: loss_fn(self.warp(src, compose_affine_ddf(scaled, ddf_aff, field_to_ddf(v, size, integrate))), tgt)
-        values, scaled = sampler.values(tgt), theta_on_coarser_grid(theta, factor)
+        values, grid = sampler.values(tgt), sampler.affine_grid(theta_on_coarser_grid(theta, factor))
+        against = loss_fn.against(values) if hasattr(loss_fn, "against") else lambda pred: loss_fn(pred, values)
 
         def objective(v):
-            displacement = sampler.field_at(integrate(v) if integrate is not None else v)
-            return loss_fn(sampler.sample(src, sampler.affine_positions(scaled, sampler.points[None] + displacement)), values)
+            return against(sampler.sample_grid(src, grid(sampler.field_at(integrate(v) if integrate is not None else v, channels_first=True))))
 
         return objective
 

@@ -40,7 +40,7 @@ def test_refiner_overrides_change_only_what_they_name():
 
     shipped = shipped_refiner_kwargs()
     fast = refiner_with({"samples": 50000, "deformable_iterations": [15, 20, 10]})
-    assert fast.samples == 50000 and fast.deformable_iterations == [15, 20, 10]
+    assert fast.samples == [50000] * 3 and fast.deformable_iterations == [15, 20, 10]
     assert fast.levels == shipped["levels"] and fast.velocity_upsample == shipped["velocity_upsample"] == 0.5
     with pytest.raises(TypeError, match="unknown refiner keyword"):
         refiner_with({"sample": 5})

@@ -35,12 +35,12 @@ def _rotation(dims: int, degrees: float, shift) -> torch.Tensor:
 IDENTITY = {2: _rotation(2, 0, [0, 0]), 3: _rotation(3, 0, [0, 0, 0])}
 
 
-@pytest.mark.parametrize("samples,optimiser", [(0, "adam"), (2000, "adam"), (0, "lbfgs")])
+@pytest.mark.parametrize("samples,optimiser", [(0, "adam"), (2000, "adam"), (0, "lbfgs"), ([0, 2000], "lbfgs")])
 @pytest.mark.parametrize("dims,n", [(2, 64), (3, 32)])
 def test_affine_refinement_recovers_a_known_rotation_and_shift(dims, n, samples, optimiser):
     """Moving = fixed warped by 10 degrees + 3 voxels; refined from the identity, error < 0.5 voxel,
-    with the similarity on every voxel and on 2000 sampled voxels per level, by Adam and by L-BFGS
-    (with a fifth of Adam's budget)."""
+    with the similarity on every voxel, on 2000 sampled voxels per level, and on every voxel of the
+    coarse level but 2000 of the fine one, by Adam and by L-BFGS (with a fifth of Adam's budget)."""
     fixed = _blobs(dims, n)
     truth = _rotation(dims, 10.0, [3.0] + [0.0] * (dims - 1))
     # moving(warp(x)) = fixed(x)  <=>  moving = fixed warped by the inverse map
@@ -120,6 +120,11 @@ def test_refiner_rejects_bad_settings():
     with pytest.raises(ValueError, match="num_bins needs one value per level"):
         InstanceRefiner(levels=[4, 2, 1], num_bins=[32, 64])
     assert InstanceRefiner(levels=[4, 2], num_bins=[32, 64]).similarity_loss("mi", 3, 0).num_bins == 32
+    with pytest.raises(ValueError, match="samples needs one value per level"):
+        InstanceRefiner(levels=[4, 2, 1], samples=[0, 50000])
+    with pytest.raises(ValueError, match="samples must be >= 0"):
+        InstanceRefiner(levels=[4, 2], samples=[0, -1])
+    assert InstanceRefiner(levels=[4, 2], samples=[0, 50000]).samples == [0, 50000]
     with pytest.raises(ValueError, match="not divisible"):
         InstanceRefiner(levels=[4]).refine(torch.rand(1, 1, 10, 8), torch.rand(1, 1, 10, 8), IDENTITY[2], torch.zeros(1, 2, 2, 2))
 

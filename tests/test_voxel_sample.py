@@ -33,6 +33,7 @@ def test_sampled_maps_equal_the_dense_maps(size, share):
         flat = flat // size[axis]
     # the coarse field upsampled at the samples, as field_to_ddf does on the whole grid
     torch.testing.assert_close(vs.field_at(integrate(velocity)), vs.values(deformable).transpose(1, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(vs.field_at(integrate(velocity), channels_first=True), vs.values(deformable), atol=1e-5, rtol=0)
     # the affine map alone: exactly Warp(affine_to_ddf)
     dense_affine = warp(image, affine_to_ddf(theta, size))
     torch.testing.assert_close(vs.sample(image, vs.affine_positions(theta)), vs.values(dense_affine), atol=1e-5, rtol=0)
@@ -44,6 +45,8 @@ def test_sampled_maps_equal_the_dense_maps(size, share):
     inside = ((y >= 0) & (y <= torch.as_tensor(size) - 1)).all(dim=-1)
     assert inside.float().mean() > 0.6
     torch.testing.assert_close(sampled[:, :, inside[0]], vs.values(dense)[:, :, inside[0]], atol=1e-5, rtol=0)
+    # the same map with the affine part computed once (what a deformable refinement level evaluates)
+    torch.testing.assert_close(vs.sample_grid(image, vs.affine_grid(theta)((y - vs.points[None]).transpose(1, 2))), sampled, atol=1e-5, rtol=0)
 
 
 def test_all_voxels_when_the_sample_is_larger_than_the_grid():

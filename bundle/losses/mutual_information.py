@@ -105,29 +105,51 @@ class SparseMutualInformationLoss(_Loss):
         coord = img / bin_size - (lo / bin_size - _PADDING)
         return coord.clamp(_PADDING, self.num_bins - _PADDING - 1)
 
-    def joint_histogram(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Joint probability (batch, bins_pred, bins_target) of the two images."""
-        batch, nb = pred.shape[0], self.num_bins
-        a = self._bin_coordinate(pred.reshape(batch, -1))
+    def target_columns(self, target: torch.Tensor, dtype=None) -> tuple:
+        """The target's box-window bins (flat histogram columns, batch offset included, and their
+        weights), which depend on the target alone: :meth:`against` computes them once."""
+        batch, nb = target.shape[0], self.num_bins
         with torch.no_grad():  # the box window is piecewise constant: no gradient
-            b = self._bin_coordinate(target.reshape(batch, -1).to(a))
+            b = self._bin_coordinate(target.reshape(batch, -1).to(dtype or target.dtype))
             b_floor = b.floor()
             b_frac = b - b_floor
             tie = b_frac == 0.5
-            base = torch.arange(batch, device=a.device).view(-1, 1) * nb * nb
+            base = torch.arange(batch, device=b.device).view(-1, 1) * nb * nb
             col = (b_floor + (b_frac > 0.5)).long() + base  # at a tie: the lower bin, the upper one gets half too
             if bool(tie.any()):  # an exact tie splits the box window between two target bins
-                columns = ((col, torch.where(tie, 0.5, 1.0).to(a)), (col + 1, torch.where(tie, 0.5, 0.0).to(a)))
-            else:
-                columns = ((col, None),)
+                return (col, torch.where(tie, 0.5, 1.0).to(b)), (col + 1, torch.where(tie, 0.5, 0.0).to(b))
+            return ((col, None),)
+
+    def joint_histogram(self, pred: torch.Tensor, target: torch.Tensor | None = None, columns: tuple | None = None) -> torch.Tensor:
+        """Joint probability (batch, bins_pred, bins_target) of the two images (or of ``pred`` and
+        a target given by its :meth:`target_columns`)."""
+        batch, nb = pred.shape[0], self.num_bins
+        a = self._bin_coordinate(pred.reshape(batch, -1))
+        if columns is None:
+            columns = self.target_columns(target, a.dtype)
         hist = _BSplineHistogram.apply(a, nb, *[t for c in columns for t in c])
         return hist.view(batch, nb, nb) / a.shape[1]
+
+    def against(self, target: torch.Tensor):
+        """``pred -> loss`` against a fixed ``target``: its bins are computed once, not per call
+        (an optimiser evaluates the loss against the same target many times). Same values as ``self(pred, target)``."""
+        columns, shape = self.target_columns(target), target.shape
+
+        def loss(pred: torch.Tensor) -> torch.Tensor:
+            if pred.shape != shape:
+                raise ValueError(f"ground truth has differing shape ({shape}) from pred ({pred.shape})")
+            return self._reduce(self.joint_histogram(pred, columns=columns))
+
+        return loss
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Args: ``pred``, ``target`` of the same shape ``(B, C, *spatial)``."""
         if target.shape != pred.shape:
             raise ValueError(f"ground truth has differing shape ({target.shape}) from pred ({pred.shape})")
-        pab = self.joint_histogram(pred, target)
+        return self._reduce(self.joint_histogram(pred, target))
+
+    def _reduce(self, pab: torch.Tensor) -> torch.Tensor:
+        """The negative MI of joint probabilities ``pab``, reduced over the batch."""
         papb = pab.sum(2, keepdim=True) * pab.sum(1, keepdim=True)
         mi = torch.sum(pab * torch.log((pab + self.smooth_nr) / (papb + self.smooth_dr) + self.smooth_dr), dim=(1, 2))
         if self.reduction == LossReduction.SUM.value:

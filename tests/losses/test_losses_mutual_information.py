@@ -92,3 +92,20 @@ def test_window_derivatives_are_the_weights_slopes():
         (grad,) = torch.autograd.grad(w.sum(), frac, retain_graph=True)
         assert torch.allclose(grad, slope, atol=1e-12)
     assert float(sum(cubic_bspline_derivatives(frac.detach())).abs().max()) < 1e-12  # the weights sum to 1 everywhere
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_mi_against_a_fixed_target_equals_the_loss(reduction):
+    """``against(target)`` bins the target once (ties included); value and gradient are the loss's."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 1, 10, 12, generator=g, dtype=torch.float64)
+    target[0, 0, 0, :4] = torch.tensor([0.0, 0.125, 0.375, 1.0], dtype=torch.float64)  # exact ties at 8 bins
+    loss = SparseMutualInformationLoss(num_bins=8, reduction=reduction)
+    bound = loss.against(target)
+    for _ in range(2):  # reusable
+        pred = torch.rand(2, 1, 10, 12, generator=g, dtype=torch.float64)
+        ref, ref_grad = value_and_grad(lambda p, t: loss(p, t).sum(), pred, target)
+        val, grad = value_and_grad(lambda p, t: bound(p).sum(), pred, target)
+        assert float(val) == float(ref) and torch.equal(grad, ref_grad)
+    with pytest.raises(ValueError, match="differing shape"):
+        bound(torch.rand(1, 1, 10, 12))
