@@ -1,4 +1,4 @@
-"""Forward+backward time and peak memory of the fast losses against MONAI's, in one run.
+"""Forward+backward time and peak memory of the fast losses and the velocity integration against MONAI's, in one run.
 
     python -m benchmarks.losses --sizes 64 96 128 --output docs/benchmarks.md
 
@@ -29,6 +29,13 @@ LOSSES = {
     ),
     "bending energy": ("monai.losses.BendingEnergyLoss()", "bundle.losses.BendingEnergy()", "field"),
     "diffusion": ("monai.losses.DiffusionLoss()", "bundle.losses.Diffusion()", "field"),
+    # the sum of the integrated field, so that the backward runs; the grids the network and the refinement integrate
+    "scaling and squaring (7 steps)": (
+        "(lambda f: lambda v: f(v).sum())(monai.networks.blocks.DVF2DDF(7, 'bilinear', 'border'))",
+        "(lambda f: lambda v: f(v).sum())(bundle.networks.deformable_head.ScalingAndSquaring(7))",
+        "field",
+        (8, 16, 24),
+    ),
 }
 
 
@@ -40,8 +47,10 @@ def _rss_mb() -> float:
 def measure_one(expression: str, kind: str, size: int, device: str, repeats: int) -> dict:
     """Time and peak memory of ``expression`` (a loss constructor) on inputs of ``size``^3."""
     import monai.losses  # noqa: F401
+    import monai.networks.blocks  # noqa: F401
 
     import bundle.losses  # noqa: F401 - names used by ``expression``
+    import bundle.networks.deformable_head  # noqa: F401
 
     loss = eval(expression)  # noqa: S307 - our own constant expressions
     g = torch.Generator().manual_seed(0)
@@ -82,12 +91,12 @@ def measure(expression: str, kind: str, size: int, device: str, repeats: int) ->
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = [
-        "## Losses: forward + backward",
+        "## Losses and the velocity integration: forward + backward",
         "",
         f"Machine: {machine_line()}. Command: `{command}`.",
         "Each cell: fastest of the repeats after a warm-up; peak memory over the inputs, in a fresh process.",
         "",
-        "| loss | size | device | MONAI s | ours s | speed-up | MONAI peak MB | ours peak MB |",
+        "| loss or layer | size | device | MONAI s | ours s | speed-up | MONAI peak MB | ours peak MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -101,7 +110,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128], help="the losses' sizes (the integration has its own)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default="docs/benchmarks.md")
     parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
@@ -112,8 +121,8 @@ def main(argv=None) -> list[dict]:
         return []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for name, (theirs, ours, kind) in LOSSES.items():
-        for size in args.sizes:
+    for name, (theirs, ours, kind, *own_sizes) in LOSSES.items():
+        for size in own_sizes[0] if own_sizes else args.sizes:
             for device in devices:
                 row = {"loss": name, "size": size, "device": device}
                 row["monai"] = measure(theirs, kind, size, device, args.repeats)

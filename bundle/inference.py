@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -235,7 +236,11 @@ class PairRegistrar:
         t1 = time.perf_counter()
         synthesis = refining and refiner.needs_synthesis
         with torch.no_grad():
-            out = structured_forward(self.network, m, f, bidirectional=False, synthesis=synthesis).forward
+            if refining and not synthesis and hasattr(self.network, "affine_and_velocity"):
+                out = SimpleNamespace(synth=None)  # what the refinement starts from, nothing composed or warped
+                out.theta, out.velocity = self.network.affine_and_velocity(m, f)
+            else:
+                out = structured_forward(self.network, m, f, bidirectional=False, synthesis=synthesis).forward
         points = network_keypoints(self.network, m, f, net_affine, t_init) if keypoints else None
         t2 = time.perf_counter()
         stats: dict = {}

@@ -209,6 +209,15 @@ class MultiModalRegNet(nn.Module):
         moving_aff = self.warp(moving, affine_to_ddf(theta, size))
         return self.deformable_head(self.encode(moving_aff), self.encode(fixed), size)[1]
 
+    def affine_and_velocity(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass's affine ``theta`` and deformable field (velocity) only, moving onto fixed:
+        what a refinement starts from, without composing and warping at full resolution."""
+        self._check(moving, fixed)
+        size = moving.shape[2:]
+        feats = (None, None) if self.affine == "keypoints" else self._encode_pair(moving, fixed)
+        theta = self._thetas(moving, fixed, *feats, size, bidirectional=False)[0]
+        return theta, self.deformable_field(moving, fixed, theta)
+
     def keypoints(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keypoint head's points ``(B, K, dims)`` in each image (centred voxel coordinates of the input grid)."""
         if self.affine != "keypoints":

@@ -93,3 +93,35 @@ def test_head_bias_gives_a_translation_on_the_image_grid(integrate):
     ddf, field = head(*_features(2, (32, 48)), (32, 48))
     assert torch.allclose(field, _constant(2, (16, 24), [0.5, -1.0]))
     assert torch.allclose(ddf, _constant(2, (32, 48), [1.0, -2.0]), atol=1e-4)  # full-resolution voxels
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 9, 7), (2, 3, 6, 7, 5), (1, 3, 12, 10, 8)])
+def test_scaling_and_squaring_equals_monai_dvf2ddf(shape):
+    """Value and gradient of MONAI's DVF2DDF (bilinear, border) to float rounding, shapes changing between calls."""
+    from bundle.networks.deformable_head import ScalingAndSquaring
+
+    fast, reference = ScalingAndSquaring(7), DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
+    g = torch.Generator().manual_seed(len(shape))
+    for scale in (0.5, 3.0):  # small and several-voxel velocities
+        v = (scale * torch.randn(shape, generator=g)).requires_grad_(True)
+        weights = torch.randn(shape, generator=g)
+        ours = fast(v)
+        (ours * weights).sum().backward()
+        grad, v.grad = v.grad.clone(), None
+        theirs = reference(v)
+        (theirs * weights).sum().backward()
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
+        torch.testing.assert_close(grad, v.grad, atol=2e-4, rtol=1e-4)
+
+
+def test_decoder_channels_set_the_head_widths():
+    """``deformable_channels`` (network) / ``decoder_channels`` (head): one width per decoding block, coarsest first."""
+    from bundle.networks import MultiModalRegNet
+
+    net = MultiModalRegNet(3, encoder_channels=CHANNELS, deformable_level=0, deformable_channels=(12, 6), integration_steps=3)
+    head = net.deformable_head
+    assert [b[0].conv.out_channels for b in head.decoder.blocks] == [12, 6] and head.output.conv.in_channels == 6
+    out = net(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16), bidirectional=False, synthesis=False)
+    assert out.forward.velocity.shape == (1, 3, 16, 16, 16) and out.forward.ddf.shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match="expected 2 decoder_channels"):
+        MultiModalRegNet(3, encoder_channels=CHANNELS, deformable_level=0, deformable_channels=(12,))

@@ -106,3 +106,21 @@ def test_composed_field_warps_as_the_two_stages_in_sequence():
     # (up to rounding here, because the affine part is an integer translation; a voxel off would differ by ~0.3)
     assert torch.allclose(out.warped, warp(warp(m, out.ddf_affine), out.ddf_deformable), atol=1e-3)
     assert torch.allclose(out.warped_affine, warp(m, out.ddf_affine), atol=1e-6)
+
+
+@pytest.mark.parametrize("affine", ["regression", "keypoints"])
+@pytest.mark.parametrize("dims,size,down", CASES)
+def test_affine_and_velocity_are_the_forward_pass_ones(affine, dims, size, down):
+    """What a refinement starts from, without the full-resolution composition: the forward pass's theta and velocity."""
+    torch.manual_seed(1)
+    net = MultiModalRegNet(dims, encoder_channels=(4, 8, 8), input_downsample=down, affine=affine, num_keypoints=8).eval()
+    with torch.no_grad():  # away from the identity start, so the check means something
+        torch.nn.init.normal_(net.deformable_head.output.conv.weight, std=0.2)
+        for p in net.affine_head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        m, f = torch.rand(1, 1, *size), torch.rand(1, 1, *size)
+        out = net(m, f, bidirectional=False, synthesis=False).forward
+        theta, velocity = net.affine_and_velocity(m, f)
+    assert float(out.velocity.abs().max()) > 0.05 and float((out.theta[:, :, :dims] - torch.eye(dims)).abs().max()) > 1e-3
+    torch.testing.assert_close(theta, out.theta, atol=1e-5, rtol=0)
+    torch.testing.assert_close(velocity, out.velocity, atol=1e-5, rtol=0)
