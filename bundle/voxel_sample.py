@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-
 __all__ = ["VoxelSample"]
 
 
