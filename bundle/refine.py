@@ -15,9 +15,9 @@ by the network's decoder) and the fixed one, the FIRE idea; MIND-SSC descriptors
 SSD. The affine stage's MI or MIND is evaluated only inside the fixed image's foreground
 (intensity above ``affine_foreground``), as a fixed-image mask in elastix and ANTs: the empty
 background otherwise pulls the affine optimum millimetres away from the anatomy's. With
-``samples``, MI and MIND are evaluated at that many voxels of each level's foreground (a fixed
-random subset, :class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs do, so that a
-full-resolution level costs what a coarse one does. Each level stops early when the objective
+``samples`` (one number per level), MI and MIND are evaluated at that many voxels of the level's
+foreground (a fixed random subset, :class:`bundle.voxel_sample.VoxelSample`), as elastix and ANTs
+do, so that a full-resolution level costs what a coarse one does. Each level stops early when the objective
 has not improved by ``tolerance`` (relative) for ``patience`` iterations, keeps its best
 parameters, and a stage whose result is worse than its start at the finest level is reverted,
 so refinement never lowers the objective it optimises.
@@ -55,6 +55,11 @@ def _restore(params, state) -> None:
     with torch.no_grad():
         for p, b in zip(params, state):
             p.copy_(b)
+
+
+def _against(loss_fn, target: torch.Tensor):
+    """``pred -> loss_fn(pred, target)`` for a fixed target; the MI bins the target once (``against``)."""
+    return loss_fn.against(target) if hasattr(loss_fn, "against") else lambda pred: loss_fn(pred, target)
 
 
 class _BudgetSpent(Exception):
@@ -271,7 +276,7 @@ class InstanceRefiner:
             size = tuple(src.shape[2:])
             return lambda theta: loss_fn(self.warp(src, self._affine_ddf(theta, factor, size)), tgt)
         values = sampler.values(tgt)
-        against = loss_fn.against(values) if hasattr(loss_fn, "against") else lambda pred: loss_fn(pred, values)
+        against = _against(loss_fn, values)
         return lambda theta: against(sampler.sample(src, sampler.affine_positions(theta_on_coarser_grid(theta, factor))))
 
     def _deformable_objective(self, loss_fn, src, tgt, factor: int, sampler: VoxelSample | None, theta, integrate):
@@ -281,7 +286,7 @@ class InstanceRefiner:
             ddf_aff = affine_to_ddf(scaled, size).detach()  # the affine is fixed in this stage: one field per level
             return lambda v: loss_fn(self.warp(src, compose_affine_ddf(scaled, ddf_aff, field_to_ddf(v, size, integrate))), tgt)
         values, grid = sampler.values(tgt), sampler.affine_grid(theta_on_coarser_grid(theta, factor))
-        against = loss_fn.against(values) if hasattr(loss_fn, "against") else lambda pred: loss_fn(pred, values)
+        against = _against(loss_fn, values)
 
         def objective(v):
             return against(sampler.sample_grid(src, grid(sampler.field_at(integrate(v) if integrate is not None else v, channels_first=True))))

@@ -20,8 +20,8 @@ class ScalingAndSquaring(DVF2DDF):
     per-axis in-place rescaling of slices.
 
     Bitwise the same field and gradient as ``DVF2DDF`` (the same arithmetic in the same order);
-    forward + backward 3x faster on an 8^3 grid (the refinement's velocity is 6x7x6) and 1.4x on
-    16^3-24^3 (the head's), where ``Warp``'s per-call overhead dominates (``python -m
+    forward + backward 2.6x faster on an 8^3 grid (the refinement's velocity is 6x7x6) and 1.4-1.5x
+    on 16^3-24^3 (the head's), where ``Warp``'s per-call overhead dominates (``python -m
     benchmarks.losses``). The refinement integrates once per objective evaluation, dozens of times
     per pair.
     """
