@@ -23,7 +23,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -237,21 +236,22 @@ class PairRegistrar:
         synthesis = refining and refiner.needs_synthesis
         with torch.no_grad():
             if refining and not synthesis and hasattr(self.network, "affine_and_velocity"):
-                out = SimpleNamespace(synth=None)  # what the refinement starts from, nothing composed or warped
-                out.theta, out.velocity = self.network.affine_and_velocity(m, f)
+                # what the refinement starts from, nothing composed or warped
+                (theta_net, velocity_net), synth_net = self.network.affine_and_velocity(m, f), None
             else:
                 out = structured_forward(self.network, m, f, bidirectional=False, synthesis=synthesis).forward
+                theta_net, velocity_net, synth_net = out.theta, out.velocity, out.synth
         points = network_keypoints(self.network, m, f, net_affine, t_init) if keypoints else None
         t2 = time.perf_counter()
         stats: dict = {}
         if refining:
-            theta0, velocity0 = out.theta, out.velocity
-            identity = torch.cat([torch.eye(self.dims), torch.zeros(self.dims, 1)], 1)[None].to(out.theta)
+            theta0, velocity0 = theta_net, velocity_net
+            identity = torch.cat([torch.eye(self.dims), torch.zeros(self.dims, 1)], 1)[None].to(theta_net)
             if not network:
-                theta0, velocity0 = identity, torch.zeros_like(out.velocity)
+                theta0, velocity0 = identity, torch.zeros_like(velocity_net)
             starts = [identity] if network and refiner.multistart else []
             k = self.refinement_factor(fixed_affine)
-            grid_affine, synth, m_net, f_net = net_affine, out.synth, m, f
+            grid_affine, synth, m_net, f_net = net_affine, synth_net, m, f
             if k > 1:  # finer data: refine at their resolution; theta's translation is in the grid's voxels
                 m, f, grid_affine, grid_shape = self.refinement_grid(fixed, fixed_affine, moving, moving_affine, t_init, net_affine, net_shape, k)
                 m, f = m.to(self.device), f.to(self.device)
@@ -265,7 +265,7 @@ class PairRegistrar:
             stats = {**stats, "upsample": k} if k > 1 else stats
         else:
             grid_affine = net_affine
-            ddf_vox, theta, velocity = (out.ddf if stage == "full" else out.ddf_affine), out.theta, out.velocity
+            ddf_vox, theta, velocity = (out.ddf if stage == "full" else out.ddf_affine), theta_net, velocity_net
         ddf_vox = ddf_vox[0].cpu().double()
         theta = theta[0].cpu().double().numpy()
         affine_world = theta_to_world(theta, net_affine, net_shape, t_init)

@@ -50,6 +50,7 @@ class VoxelSample:
             coords.append(rest % s)
             rest = torch.div(rest, s, rounding_mode="floor")
         self.points = torch.stack(coords[::-1], dim=1).to(dtype)
+        self._upsampling: dict = {}  # per coarse grid: the interpolation indices and weights of :meth:`field_at`
 
     @property
     def dims(self) -> int:
@@ -112,22 +113,30 @@ class VoxelSample:
             out = self.values(ddf)
             return out if channels_first else out.transpose(1, 2)
         b, d = ddf.shape[0], self.dims
+        axes, (low, high, weight) = self._upsampling_weights(coarse, ddf.dtype, ddf.device)
         x = ddf
-        for axis in range(1, d):  # interpolate along axis ``axis`` on the whole (partly coarse) grid
-            lo, hi, w = _linear_weights(self.size[axis], coarse[axis], ddf.dtype, ddf.device)
+        for axis, (lo, hi, w) in enumerate(axes, start=1):  # interpolate along ``axis`` on the whole (partly coarse) grid
             dim = 2 + axis
             x = torch.lerp(x.index_select(dim, lo), x.index_select(dim, hi), w.view(*([1] * dim), -1, *([1] * (d - axis - 1))))
-        lo, hi, w = _linear_weights(self.size[0], coarse[0], ddf.dtype, ddf.device)
-        rows = self.points[:, 0].long().to(ddf.device)
-        rest = self.index.to(ddf.device) - rows * (math.prod(self.size[1:]))  # the flat index within a first-axis slice
-        slab = math.prod(self.size[1:])
         flat = x.reshape(b, d, -1)
         gather = lambda at: torch.gather(flat, 2, at.view(1, 1, -1).expand(b, d, -1))  # noqa: E731 - far faster than index_select here
-        low, high = gather(lo[rows] * slab + rest), gather(hi[rows] * slab + rest)
-        out = torch.lerp(low, high, w[rows].view(1, 1, -1))
+        out = torch.lerp(gather(low), gather(high), weight.view(1, 1, -1))
         factor = torch.as_tensor([s / c for s, c in zip(self.size, coarse)], dtype=ddf.dtype, device=ddf.device)
         out = out * factor.view(1, -1, 1)
         return out if channels_first else out.transpose(1, 2)
+
+    def _upsampling_weights(self, coarse: tuple, dtype, device) -> tuple[list, tuple]:
+        """For :meth:`field_at` from ``coarse``: ``(lo, hi, w)`` of every axis but the first (whole grid),
+        and the samples' two flat indices and weight along the first; computed once per coarse grid."""
+        key = (coarse, dtype, device)
+        if key not in self._upsampling:
+            axes = [_linear_weights(self.size[a], coarse[a], dtype, device) for a in range(1, self.dims)]
+            lo, hi, w = _linear_weights(self.size[0], coarse[0], dtype, device)
+            slab = math.prod(self.size[1:])
+            rows = self.points[:, 0].long().to(device)
+            rest = self.index.to(device) - rows * slab  # the flat index within a first-axis slice
+            self._upsampling[key] = (axes, (lo[rows] * slab + rest, hi[rows] * slab + rest, w[rows]))
+        return self._upsampling[key]
 
 
 def _linear_weights(size: int, coarse: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
